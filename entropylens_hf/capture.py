@@ -1,0 +1,72 @@
+"""Forward hooks that capture the residual stream before and after every decoder layer.
+
+A pre-hook on the first decoder layer sees the embedding output exactly as the stack
+receives it (position embeddings added, Gemma's sqrt(d) scaling applied), and a forward
+hook on each layer sees its output. Only the latest forward pass is kept, so the cost is
+a reference per layer; nothing is copied and the forward pass is never re-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ResidualCapture"]
+
+
+def _hidden_of(value: Any) -> torch.Tensor:
+    # transformers 5 decoder layers return a tensor; 4.x returned a tuple (hidden, ...).
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    for name in ("hidden_states", "last_hidden_state"):
+        hidden = getattr(value, name, None)
+        if isinstance(hidden, torch.Tensor):
+            return hidden
+    raise TypeError(f"cannot find the hidden states in a decoder layer output of type {type(value).__name__}")
+
+
+class ResidualCapture:
+    """Context manager holding, after each forward, ``residuals[l]`` ``[batch, positions, d]``.
+
+    ``l = 0`` is the input of the first decoder layer, ``l = i`` the output of layer ``i``.
+    Hooks are removed on exit, also when the body raises.
+    """
+
+    def __init__(self, layers: nn.ModuleList):
+        self.layers = layers
+        self.residuals: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+        self.forward_count = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "ResidualCapture":
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if hidden is None:
+                raise TypeError(f"{type(module).__name__}: cannot find hidden_states in the layer's inputs")
+            self.residuals = [None] * (len(self.layers) + 1)
+            self.residuals[0] = hidden.detach()
+            self.forward_count += 1
+
+        def make_hook(index: int):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                self.residuals[index] = _hidden_of(output).detach()
+
+            return hook
+
+        self._handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for i, layer in enumerate(self.layers, start=1):
+            self._handles.append(layer.register_forward_hook(make_hook(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def complete(self) -> bool:
+        """True when the last forward reached every layer."""
+        return all(r is not None for r in self.residuals)

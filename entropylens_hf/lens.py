@@ -1,0 +1,261 @@
+"""The logit lens of any causal LM: decoder layers, final norm, unembedding, logit transform.
+
+Everything is resolved from what the model itself exposes (``get_decoder()``,
+``get_output_embeddings()``, the decoder's last norm module, config fields such as
+``final_logit_softcapping``), not from a list of architectures, and each piece can be
+passed explicitly for a model where that fails. The contract, tested per family:
+``lens.project(output of the last decoder layer) == model(...).logits``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError
+from .metrics import LensStatistics, streaming_lens_statistics
+
+__all__ = ["LogitLens", "resolve_decoder_layers"]
+
+# Names the final norm goes by in transformers, for models whose decoder has several norms.
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm", "ln_out")
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """An elementwise map from head logits to the model's final logits (float32)."""
+
+    name: str
+    value: float
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if self.name == "softcap":
+            return torch.tanh(z / self.value) * self.value
+        if self.name == "scale":
+            return z * self.value
+        if self.name == "divide":
+            return z / self.value
+        raise ValueError(self.name)
+
+
+def _text_config(model: nn.Module):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _resolve_logit_transforms(model: nn.Module) -> tuple[LogitTransform, ...]:
+    """Config fields by which transformers changes logits after the head, in the order applied."""
+    cfg = _text_config(model)
+    transforms = []
+    scale = getattr(cfg, "logit_scale", None)  # Cohere multiplies
+    if isinstance(scale, (int, float)) and scale != 1:
+        transforms.append(LogitTransform("scale", float(scale)))
+    scaling = getattr(cfg, "logits_scaling", None)  # Granite divides
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        transforms.append(LogitTransform("divide", float(scaling)))
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3 soft-cap
+    if isinstance(cap, (int, float)) and cap > 0:
+        transforms.append(LogitTransform("softcap", float(cap)))
+    return tuple(transforms)
+
+
+def _decoder_of(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None:
+        decoder = getattr(model, "base_model", None)
+    if decoder is None or decoder is model:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no decoder found (model.get_decoder() returned nothing); "
+            "pass layers=..., final_norm=... and unembedding=... to LogitLens.from_model"
+        )
+    return decoder
+
+
+def resolve_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ``nn.ModuleList`` of decoder layers: the one whose length is ``num_hidden_layers``."""
+    decoder = _decoder_of(model)
+    expected = getattr(_text_config(model), "num_hidden_layers", None)
+    candidates = [
+        (name, module)
+        for name, module in decoder.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0
+    ]
+    matching = [c for c in candidates if expected is None or len(c[1]) == expected]
+    if not matching:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no list of {expected} decoder layers found in {type(decoder).__name__}; "
+            "pass layers=<the nn.ModuleList of decoder layers> to LogitLens.from_model"
+        )
+    # The shallowest match is the decoder stack (deeper ones would be e.g. experts).
+    return min(matching, key=lambda c: (c[0].count("."), -len(c[1])))[1]
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+
+
+def _resolve_final_norm(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
+    decoder = _decoder_of(model)
+    children = [(n, m) for n, m in decoder.named_children() if m is not layers and m is not None]
+    norms = [(n, m) for n, m in children if _is_norm(m)]
+    named = [(n, m) for n, m in norms if n in _FINAL_NORM_NAMES]
+    if named:
+        return named[-1][1]
+    if len(norms) == 1:
+        return norms[0][1]
+    found = ", ".join(f"{n} ({type(m).__name__})" for n, m in norms) or "none"
+    raise UnsupportedModelError(
+        f"{type(model).__name__}: cannot tell which module is the final norm of {type(decoder).__name__} "
+        f"(norm-like children: {found}); pass final_norm=<module>, e.g. final_norm=model.{_path_hint(model, decoder)}.norm, "
+        "or final_norm=torch.nn.Identity() if the model has none"
+    )
+
+
+def _path_hint(model: nn.Module, target: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is target:
+            return name or "model"
+    return "model"
+
+
+class LogitLens(nn.Module):
+    """Maps a residual-stream vector to the logits the model would output if it stopped there.
+
+    Built with :meth:`from_model`. ``project(h)`` gives full float32 logits (for analyses);
+    ``statistics(h, ...)`` gives entropy, top-k and target prob/rank without materialising
+    more than one vocabulary chunk (for the recorder).
+    """
+
+    def __init__(
+        self,
+        layers: nn.ModuleList,
+        final_norm: nn.Module,
+        unembedding: nn.Module,
+        transforms: Sequence[LogitTransform] = (),
+        post_norm: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.layers = layers
+        self.final_norm = final_norm
+        self.post_norm = post_norm if post_norm is not None else nn.Identity()
+        self.unembedding = unembedding
+        self.transforms = tuple(transforms)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        *,
+        layers: nn.ModuleList | None = None,
+        final_norm: nn.Module | None = None,
+        unembedding: nn.Module | None = None,
+    ) -> "LogitLens":
+        """Resolve the lens of a transformers causal LM; explicit arguments override resolution."""
+        layers = layers if layers is not None else resolve_decoder_layers(model)
+        if unembedding is None:
+            unembedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            if unembedding is None:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__}: model.get_output_embeddings() returned None; "
+                    "pass unembedding=<the module mapping hidden states to logits>"
+                )
+        if final_norm is None:
+            final_norm = _resolve_final_norm(model, layers)
+        # OPT models with a projection after the final norm (e.g. opt-350m).
+        post_norm = getattr(_decoder_of(model), "project_out", None) if hasattr(model, "get_decoder") else None
+        return cls(layers, final_norm, unembedding, _resolve_logit_transforms(model), post_norm)
+
+    # -- sizes and names
+    @property
+    def num_layers(self) -> int:
+        """Lens layers: the embedding output plus one per decoder layer."""
+        return len(self.layers) + 1
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return ("embeddings",) + tuple(f"layer {i}" for i in range(1, len(self.layers) + 1))
+
+    @property
+    def vocab_size(self) -> int:
+        weight = getattr(self.unembedding, "weight", None)
+        if weight is not None:
+            return int(weight.shape[0])
+        return int(self.unembedding.out_features)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unembedding.parameters()).device
+
+    # -- projection
+    def normalize(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm (and any projection after it), on the norm's device and in its dtype."""
+        param = next(self.final_norm.parameters(), None)
+        if param is not None:
+            hidden = hidden.to(device=param.device, dtype=param.dtype)
+        return self.post_norm(self.final_norm(hidden))
+
+    def _transform(self, z: torch.Tensor) -> torch.Tensor:
+        for t in self.transforms:
+            z = t(z)
+        return z
+
+    @torch.no_grad()
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full float32 logits ``[..., V]`` for residuals ``[..., d]``."""
+        normed = self.normalize(hidden).to(self.device)
+        return self._transform(self.unembedding(normed).float())
+
+    @torch.no_grad()
+    def statistics(
+        self,
+        hidden: torch.Tensor,
+        *,
+        top_k: int,
+        targets: torch.Tensor | None = None,
+        alphas: Sequence[float] = (),
+        chunk_size: int = 16384,
+    ) -> LensStatistics:
+        """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none)."""
+        rows = self.normalize(hidden).to(self.device)
+        weight = getattr(self.unembedding, "weight", None)
+        bias = getattr(self.unembedding, "bias", None)
+        linear = isinstance(self.unembedding, nn.Linear) or (
+            isinstance(weight, torch.Tensor) and weight.dim() == 2 and type(self.unembedding).forward is nn.Linear.forward
+        )
+        if linear:
+            rows = rows.to(weight.dtype)
+
+            def chunk_logits(start: int, stop: int) -> torch.Tensor:
+                b = None if bias is None else bias[start:stop]
+                return self._transform(nn.functional.linear(rows, weight[start:stop], b).float())
+
+            target_logits = None
+            if targets is not None:
+                safe = targets.to(weight.device).clamp(min=0)
+                target_logits = (rows.float() * weight[safe].float()).sum(-1)
+                if bias is not None:
+                    target_logits = target_logits + bias[safe].float()
+                target_logits = self._transform(target_logits)
+        else:
+            # A head that is not a plain linear map (quantised, custom): materialise once.
+            full = self._transform(self.unembedding(rows).float())
+
+            def chunk_logits(start: int, stop: int) -> torch.Tensor:
+                return full[:, start:stop]
+
+            target_logits = None
+            if targets is not None:
+                target_logits = full.gather(-1, targets.to(full.device).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return streaming_lens_statistics(
+            chunk_logits,
+            self.vocab_size,
+            top_k=top_k,
+            target_ids=targets,
+            target_logits=target_logits,
+            alphas=alphas,
+            chunk_size=chunk_size,
+        )

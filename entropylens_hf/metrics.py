@@ -1,0 +1,189 @@
+"""Distribution statistics of logits: pure tensor functions, entropies in nats.
+
+Two flavours of the same maths:
+
+* plain functions (:func:`entropy`, :func:`renyi_entropy`, :func:`target_rank`) on a
+  full ``[..., V]`` logits tensor, for analyses and as the reference in tests;
+* :func:`streaming_lens_statistics`, which computes all of them in one pass over the
+  vocabulary in chunks, so the recorder never holds ``rows x V`` logits beyond one
+  chunk. It uses the online-softmax recurrence (running max, rescaled sums).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "entropy",
+    "renyi_entropy",
+    "target_rank",
+    "LensStatistics",
+    "streaming_lens_statistics",
+]
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of ``softmax(logits)`` over the last axis, in float32."""
+    z = logits.float()
+    log_p = torch.log_softmax(z, dim=-1)
+    p = log_p.exp()
+    return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
+
+
+def renyi_entropy(logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Rényi entropy of order ``alpha`` (nats) of ``softmax(logits)`` over the last axis.
+
+    ``alpha=0`` is the log of the support size, ``1`` Shannon, ``2`` collision entropy,
+    ``inf`` min-entropy ``-log max p``.
+    """
+    z = logits.float()
+    log_p = torch.log_softmax(z, dim=-1)
+    if alpha == 1:
+        return entropy(z)
+    if math.isinf(alpha):
+        return -log_p.max(-1).values
+    if alpha == 0:
+        return torch.isfinite(z).sum(-1).float().log()
+    return torch.logsumexp(alpha * log_p, dim=-1) / (1.0 - alpha)
+
+
+def target_rank(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0-based rank of ``target`` (index per row) among ``logits``: how many tokens score strictly higher."""
+    z = logits.float()
+    chosen = z.gather(-1, target.unsqueeze(-1))
+    return (z > chosen).sum(-1)
+
+
+@dataclass(frozen=True)
+class LensStatistics:
+    """What the recorder keeps of one batch of logit rows ``[R, V]``.
+
+    All float tensors are float32 on the device of the computation.
+    ``target_prob`` / ``target_rank`` are NaN / -1 where no target was given.
+    ``renyi`` has shape ``[R, len(alphas)]``.
+    """
+
+    entropy: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_probs: torch.Tensor
+    target_prob: torch.Tensor
+    target_rank: torch.Tensor
+    renyi: torch.Tensor
+
+
+def streaming_lens_statistics(
+    chunk_logits: Callable[[int, int], torch.Tensor],
+    vocab_size: int,
+    *,
+    top_k: int,
+    target_ids: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
+    alphas: Sequence[float] = (),
+    chunk_size: int = 16384,
+) -> LensStatistics:
+    """Entropy, Rényi entropies, top-k and target prob/rank of ``R`` rows of logits, chunk by chunk.
+
+    ``chunk_logits(start, stop)`` returns the float32 logits ``[R, stop - start]`` of vocabulary
+    entries ``start:stop``; only one chunk is alive at a time. ``target_ids`` ``[R]`` holds the
+    token whose probability and rank to report (``-1``: none) and ``target_logits`` ``[R]`` its
+    logit, computed by the caller (a gather is far cheaper than scanning for it).
+    """
+    first = chunk_logits(0, min(chunk_size, vocab_size))
+    n_rows = first.shape[0]
+    device = first.device
+    k = min(top_k, vocab_size)
+    alphas = tuple(float(a) for a in alphas)
+    finite_alphas = [a for a in alphas if a not in (0.0, 1.0) and not math.isinf(a)]
+
+    running_max = torch.full((n_rows,), -math.inf, device=device)
+    sum_exp = torch.zeros(n_rows, device=device)  # sum exp(z - max)
+    sum_exp_shift = torch.zeros(n_rows, device=device)  # sum exp(z - max) * (z - max)
+    sum_pow = torch.zeros(n_rows, len(finite_alphas), device=device)  # sum exp(a (z - max))
+    support = torch.zeros(n_rows, device=device)
+    best_vals = torch.full((n_rows, 0), -math.inf, device=device)
+    best_ids = torch.zeros((n_rows, 0), dtype=torch.long, device=device)
+
+    has_target = target_ids is not None
+    if has_target:
+        target_ids = target_ids.to(device)
+        target_logits = target_logits.to(device).float()
+        valid = target_ids >= 0
+        higher = torch.zeros(n_rows, dtype=torch.long, device=device)
+
+    alpha_tensor = torch.tensor(finite_alphas, device=device)
+    for start in range(0, vocab_size, chunk_size):
+        stop = min(start + chunk_size, vocab_size)
+        z = first if start == 0 else chunk_logits(start, stop)
+
+        chunk_max = z.max(-1).values
+        new_max = torch.maximum(running_max, chunk_max)
+        # Rows whose max is still -inf (all masked so far) must not produce NaNs.
+        safe_new_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        scale = torch.exp(running_max - safe_new_max)
+        shift = running_max - safe_new_max
+        sum_exp_shift = torch.where(
+            sum_exp > 0, scale * (sum_exp_shift + sum_exp * shift), sum_exp_shift
+        )
+        sum_exp = sum_exp * scale
+        if finite_alphas:
+            sum_pow = sum_pow * torch.exp(alpha_tensor * shift.unsqueeze(-1))
+
+        centred = z - safe_new_max.unsqueeze(-1)
+        e = torch.exp(centred)
+        sum_exp = sum_exp + e.sum(-1)
+        sum_exp_shift = sum_exp_shift + torch.where(e > 0, e * centred, torch.zeros_like(e)).sum(-1)
+        if finite_alphas:
+            sum_pow = sum_pow + torch.exp(alpha_tensor.view(1, 1, -1) * centred.unsqueeze(-1)).sum(1)
+        support = support + torch.isfinite(z).sum(-1)
+        running_max = new_max
+
+        vals, idx = z.topk(min(k, stop - start), dim=-1)
+        best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
+        best_ids = torch.cat([best_ids, idx + start], -1).gather(-1, order)
+
+        if has_target:
+            # Count tokens scoring above the target, never the target itself: its logit from
+            # this product may differ by rounding from the one the caller gathered.
+            above = z > target_logits.unsqueeze(-1)
+            local = target_ids - start
+            in_chunk = (local >= 0) & (local < stop - start)
+            self_above = above.gather(-1, local.clamp(0, stop - start - 1).unsqueeze(-1)).squeeze(-1) & in_chunk
+            higher = higher + above.sum(-1) - self_above.long()
+
+    log_sum = torch.log(sum_exp)
+    shannon = log_sum - sum_exp_shift / sum_exp
+    log_z = running_max + log_sum
+    topk_probs = torch.exp(best_vals - log_z.unsqueeze(-1))
+
+    renyi_columns = []
+    for a in alphas:
+        if a == 1.0:
+            renyi_columns.append(shannon)
+        elif a == 0.0:
+            renyi_columns.append(torch.log(support))
+        elif math.isinf(a):
+            renyi_columns.append(log_sum)  # -log max p = log Z - max
+        else:
+            j = finite_alphas.index(a)
+            renyi_columns.append((torch.log(sum_pow[:, j]) - a * log_sum) / (1.0 - a))
+    renyi = torch.stack(renyi_columns, -1) if renyi_columns else torch.zeros(n_rows, 0, device=device)
+
+    if has_target:
+        target_prob = torch.where(valid, torch.exp(target_logits - log_z), torch.full_like(log_z, math.nan))
+        rank = torch.where(valid, higher, torch.full_like(higher, -1))
+    else:
+        target_prob = torch.full_like(log_z, math.nan)
+        rank = torch.full((n_rows,), -1, dtype=torch.long, device=device)
+
+    return LensStatistics(
+        entropy=shannon,
+        topk_ids=best_ids,
+        topk_probs=topk_probs,
+        target_prob=target_prob,
+        target_rank=rank,
+        renyi=renyi,
+    )
