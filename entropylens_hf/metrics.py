@@ -26,9 +26,13 @@ __all__ = [
 ]
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of ``softmax(logits)`` over the last axis, in float32."""
-    z = logits.float()
+    """Shannon entropy (nats) of ``softmax(logits)`` over the last axis, in float32 (or float64 if given)."""
+    z = _at_least_float32(logits)
     log_p = torch.log_softmax(z, dim=-1)
     p = log_p.exp()
     return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
@@ -40,20 +44,20 @@ def renyi_entropy(logits: torch.Tensor, alpha: float) -> torch.Tensor:
     ``alpha=0`` is the log of the support size, ``1`` Shannon, ``2`` collision entropy,
     ``inf`` min-entropy ``-log max p``.
     """
-    z = logits.float()
+    z = _at_least_float32(logits)
     log_p = torch.log_softmax(z, dim=-1)
     if alpha == 1:
         return entropy(z)
     if math.isinf(alpha):
         return -log_p.max(-1).values
     if alpha == 0:
-        return torch.isfinite(z).sum(-1).float().log()
+        return torch.isfinite(z).sum(-1).to(z.dtype).log()
     return torch.logsumexp(alpha * log_p, dim=-1) / (1.0 - alpha)
 
 
 def target_rank(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """0-based rank of ``target`` (index per row) among ``logits``: how many tokens score strictly higher."""
-    z = logits.float()
+    z = _at_least_float32(logits)
     chosen = z.gather(-1, target.unsqueeze(-1))
     return (z > chosen).sum(-1)
 
