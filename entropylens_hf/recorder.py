@@ -169,8 +169,10 @@ class TraceRecorder(LogitsProcessor):
 
     Obtain it from :meth:`EntropyLens.record`; pass it to ``generate`` as
     ``logits_processor=[rec]`` (inside the block it is added for you if you forget).
-    It sees ``scores`` after generate's own processors and warpers, so ``output_entropy``
-    is the entropy of the distribution the next token is actually drawn from.
+    It sees ``scores`` after generate's own logits processors (repetition penalty, ...) and
+    before the sampling warpers (temperature, top-k, top-p), which transformers applies
+    after custom processors; ``output_entropy`` is the entropy of those scores: the
+    model's own next-token distribution as generate shaped it.
 
     Supported: greedy and sampling, batches with left padding, ``num_return_sequences``,
     several ``generate`` calls per block. Refused before generation starts: beam search,

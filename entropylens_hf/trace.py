@@ -23,8 +23,8 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
     /rows/topk_prob         float32 [N, L, k]
     /rows/target_prob       float32 [N, L]      probability of the token that came next
     /rows/target_rank       int32   [N, L]      its rank (0 = top-1)
-    /rows/output_entropy    float32 [N]         entropy of the distribution generate sampled from
-                                                (NaN on prompt rows)
+    /rows/output_entropy    float32 [N]         entropy of the scores generate's logits processors
+                                                produced (before sampling warpers); NaN on prompt rows
     /rows/renyi             float32 [N, A, L]   Rényi entropies, one profile per order
     /sequences/token_start  int64 [S]; token_count int32 [S]; prompt_length int32 [S]
     /sequences/row_start    int64 [S]; row_count int32 [S]; run int32 [S]; mean_entropy float32 [S]

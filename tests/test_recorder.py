@@ -89,10 +89,18 @@ def test_seeded_sampling_runs_reproduce_the_trace(llama):
         runs.append(lens.generate(input_ids=prompt, do_sample=True, temperature=1.5, **FIXED)[1][0])
     assert runs[0].token_ids.tolist() == runs[1].token_ids.tolist()
     np.testing.assert_array_equal(runs[0].entropy, runs[1].entropy)
-    # output_entropy is of the distribution sampled from (after top-k warping), not the raw logits.
+    # Sampling warpers (top-k here) run after logits processors: output_entropy is the model's own
+    # distribution, which with no other processor is the last lens layer.
     gen = runs[0].is_generated
-    assert (runs[0].output_entropy[gen] <= math.log(5) + 1e-5).all()
-    assert (runs[0].entropy[gen, -1] > math.log(5) + 1).all()
+    np.testing.assert_allclose(runs[0].output_entropy[gen], runs[0].entropy[gen, -1], rtol=1e-5)
+
+
+def test_output_entropy_includes_generates_own_processors(llama):
+    lens = EntropyLens(llama, None)
+    _, (rec,) = lens.generate(input_ids=torch.tensor([[21, 22, 23]]), repetition_penalty=50.0, **FIXED)
+    gen = rec.is_generated
+    # The penalty pushes down already-seen tokens, so the processed distribution differs from the raw one.
+    assert np.abs(rec.output_entropy[gen] - rec.entropy[gen, -1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -1,0 +1,180 @@
+"""The HDF5 trace format: round trips, bad input, live reading and a killed writer."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from entropylens_hf.errors import TraceError
+from entropylens_hf.trace import SCHEMA_VERSION, SequenceRecord, Trace, TraceMetadata, TraceWriter
+
+META = TraceMetadata(model_name="tiny", num_layers=3, layer_names=("embeddings", "layer 1", "layer 2"),
+                     vocab_size=50, top_k=4, renyi_alphas=(2.0,))
+WORKER = Path(__file__).with_name("recording_worker.py")
+
+
+def make_record(n_tokens: int, prompt_length: int, seed: int, labels=None) -> SequenceRecord:
+    rng = np.random.default_rng(seed)
+    n = n_tokens - 1
+    return SequenceRecord(
+        token_ids=rng.integers(0, 50, n_tokens), token_texts=tuple(f" tok{seed}_{i}é" for i in range(n_tokens)),
+        prompt_length=prompt_length, entropy=rng.random((n, 3), dtype=np.float32),
+        topk_ids=rng.integers(0, 50, (n, 3, 4)), topk_probs=rng.random((n, 3, 4), dtype=np.float32),
+        target_prob=rng.random((n, 3), dtype=np.float32), target_rank=rng.integers(0, 50, (n, 3)),
+        output_entropy=rng.random(n, dtype=np.float32), renyi=rng.random((n, 1, 3), dtype=np.float32),
+        renyi_alphas=(2.0,), labels=labels or {"task": "qa"}, prompt_text=f"prompt {seed}", key=f"k{seed}",
+    )
+
+
+def test_written_sequences_read_back_identically(tmp_path):
+    records = [make_record(7, 3, 0), make_record(12, 5, 1, {"task": "code", "format": "json"})]
+    with TraceWriter(tmp_path / "t.h5", META) as w:
+        w.begin_run({"max_new_tokens": 8})
+        assert w.write(records) == [0, 1]
+    with Trace.open(tmp_path / "t.h5") as trace:
+        assert len(trace) == 2 and trace.metadata.model_name == "tiny" and trace.metadata.renyi_alphas == (2.0,)
+        for original, read in zip(records, trace):
+            for name in ("token_ids", "entropy", "topk_ids", "topk_probs", "target_prob", "target_rank",
+                         "output_entropy", "renyi"):
+                np.testing.assert_array_equal(getattr(read, name), np.asarray(getattr(original, name)).astype(getattr(read, name).dtype))
+            assert read.token_texts == original.token_texts and read.labels == original.labels
+            assert read.prompt_text == original.prompt_text and read.prompt_length == original.prompt_length
+        assert trace.labels == [{"task": "qa"}, {"task": "code", "format": "json"}]
+        np.testing.assert_allclose(trace.mean_entropies, [r.entropy[r.is_generated].mean() for r in records], rtol=1e-6)
+        assert trace.runs()[0]["max_new_tokens"] == 8
+        assert trace[-1].index == 1
+        with pytest.raises(IndexError):
+            trace[2]
+
+
+def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path):
+    pytest.importorskip("pandas")
+    records = [make_record(5, 2, 0), make_record(4, 1, 1)]
+    with TraceWriter(tmp_path / "t.h5", META) as w:
+        w.write(records)
+    with Trace.open(tmp_path / "t.h5") as trace:
+        wide = trace.to_dataframe()
+        long = trace.to_dataframe(layout="long")
+    assert len(wide) == 4 + 3 and list(wide.filter(like="entropy_").columns) == ["entropy_0", "entropy_1", "entropy_2"]
+    np.testing.assert_array_equal(wide[wide.sequence == 1].filter(like="entropy_").to_numpy(), records[1].entropy)
+    assert wide.is_prompt.tolist() == [True, False, False, False, False, False, False]
+    assert len(long) == 7 * 3
+    row = long[(long.sequence == 0) & (long.position == 2) & (long.layer == 1)].iloc[0]
+    assert row.entropy == pytest.approx(records[0].entropy[1, 1]) and row.top1_id == records[0].topk_ids[1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "no such trace file"),
+        (lambda p: p.write_text("hello"), "not an HDF5 file"),
+        (lambda p: h5py.File(p, "w").close(), "not an entropylens trace"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+)
+def test_bad_paths_give_one_clear_line(tmp_path, make, message):
+    path = tmp_path / "bad.h5"
+    make(path)
+    with pytest.raises(TraceError, match=message) as info:
+        Trace.open(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_newer_schema_is_refused_with_upgrade_advice(tmp_path):
+    path = tmp_path / "t.h5"
+    TraceWriter(path, META).close()
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(TraceError, match="pip install -U entropylens-hf"):
+        Trace.open(path)
+
+
+def test_a_damaged_trace_names_the_missing_piece(tmp_path):
+    path = tmp_path / "t.h5"
+    TraceWriter(path, META).close()
+    with h5py.File(path, "a") as f:
+        del f["rows"]
+    with pytest.raises(TraceError, match="'/rows'"):
+        Trace.open(path)
+
+
+def test_appending_with_other_settings_is_refused_and_keeps_the_file(tmp_path):
+    path = tmp_path / "t.h5"
+    with TraceWriter(path, META) as w:
+        w.write([make_record(5, 2, 0)])
+    other = TraceMetadata(**{**META.__dict__, "model_name": "other", "top_k": 8})
+    with pytest.raises(TraceError, match="model 'tiny' vs 'other'; top_k 4 vs 8"):
+        TraceWriter(path, other)
+    with Trace.open(path) as trace:
+        assert len(trace) == 1
+
+
+def test_writing_into_a_missing_folder_says_so(tmp_path):
+    with pytest.raises(TraceError, match="does not exist"):
+        TraceWriter(tmp_path / "nope" / "t.h5", META)
+
+
+def _start_worker(path):
+    env = {**os.environ, "PYTHONPATH": str(WORKER.parent)}
+    return subprocess.Popen([sys.executable, str(WORKER), str(path)], stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_writer_killed_mid_run_leaves_every_finished_sequence(tmp_path):
+    path = tmp_path / "t.h5"
+    proc = _start_worker(path)
+    finished = []
+    try:
+        for line in proc.stdout:
+            finished.append([int(t) for t in line.split()])
+            if len(finished) == 5:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Trace.open(path) as trace:
+        assert len(trace) >= 5  # it may have finished more between our read and the kill
+        for expected, seq in zip(finished, trace):
+            assert seq.token_ids.tolist() == expected
+            assert seq.entropy.shape == (len(expected) - 1, 3) and np.isfinite(seq.entropy).all()
+            assert seq.labels == {"worker": "yes"}
+        kept = len(trace)
+    # A new writer recovers the file (dropping any partial rows) and appends after the kept sequences.
+    with Trace.open(path) as trace:
+        meta = trace.metadata
+    extra = make_record(5, 2, 9)
+    extra = SequenceRecord(**{**extra.__dict__, "topk_ids": extra.topk_ids[:, :, :4], "renyi": np.zeros((4, 0, 3))})
+    with TraceWriter(path, meta) as w:
+        assert w.write([extra]) == [kept]
+    with Trace.open(path) as trace:
+        assert len(trace) == kept + 1
+        assert [trace[i].token_ids.tolist() for i in range(5)] == finished
+        assert trace[kept].token_ids.tolist() == extra.token_ids.tolist()
+
+
+def test_a_reader_follows_a_trace_while_it_is_recorded(tmp_path):
+    path = tmp_path / "t.h5"
+    proc = _start_worker(path)
+    seen_counts = []
+    try:
+        first = proc.stdout.readline()
+        with Trace.open(path) as trace:
+            assert len(trace) >= 1 and trace[0].token_ids.tolist() == [int(t) for t in first.split()]
+            printed = 1
+            for line in proc.stdout:
+                printed += 1
+                trace.refresh()
+                seen_counts.append(len(trace))
+                assert len(trace) >= printed  # every committed sequence is visible
+                newest = trace[len(trace) - 1]
+                assert newest.entropy.shape[0] == len(newest.token_ids) - 1  # never a partial sequence
+                if printed == 6:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert seen_counts == sorted(seen_counts) and seen_counts[-1] >= 6
