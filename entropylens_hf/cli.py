@@ -1,0 +1,302 @@
+"""The ``entropylens`` command line: record | info | export | demo | view, plus the analyses.
+
+Every user error is an :class:`EntropyLensError`, printed as one line with exit code 2.
+Heavy imports (torch, transformers) happen inside the commands that need them, so
+``entropylens info`` and ``--help`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ._version import __version__
+from .errors import EntropyLensError
+
+__all__ = ["main"]
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+# ---------------------------------------------------------------------- record
+
+
+def _parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EntropyLensError(f"--label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _parse_alphas(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [math.inf if a.strip().lower() in ("inf", "infinity") else float(a) for a in text.split(",")]
+    except ValueError:
+        raise EntropyLensError(f"--renyi {text!r}: expected comma-separated orders, e.g. 0,2,inf") from None
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"max_new_tokens": args.max_new_tokens}
+    if args.sample:
+        kwargs.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
+    from .prompts import read_prompts, record_prompts
+
+    prompts = read_prompts(args.prompts, _parse_labels(args.label))
+    alphas = _parse_alphas(args.renyi)
+    from transformers import set_seed
+
+    from .loading import load_model
+    from .recorder import EntropyLens
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    if args.seed is not None:
+        set_seed(args.seed)
+    lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
+                       record_prompt=not args.no_prompt_rows, model_name=args.model)
+    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size,
+                                       progress=not args.quiet, **_generation_kwargs(args))
+    note = f", skipped {skipped} already in the file" if skipped else ""
+    print(f"recorded {recorded} prompt(s) into {out}{note}")
+    return 0
+
+
+# ---------------------------------------------------------------------- info
+
+
+def _sparkline(values: Sequence[float]) -> str:
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(_BARS[1 + int(round((v - lo) / span * (len(_BARS) - 2)))] for v in values)
+
+
+def summarize(trace) -> str:
+    """A human summary of a trace: model, sizes, labels, mean entropy profile."""
+    import numpy as np
+
+    m = trace.metadata
+    n = len(trace)
+    lengths, prompts = trace.sequence_lengths, trace.prompt_lengths
+    size = trace.file_size()
+    rows = trace.num_rows
+    lines = [
+        f"trace      {trace.path}  ({size / 1e6:.2f} MB, schema {m.schema_version}, written by entropylens-hf {m.library_version})",
+        f"model      {m.model_name}  ({m.num_layers} lens layers: embeddings + {m.decoder_layers} decoder layers; "
+        f"vocabulary {m.vocab_size}; top-{m.top_k}"
+        + (f"; Rényi orders {', '.join(str(a) for a in m.renyi_alphas)}" if m.renyi_alphas else "")
+        + ")",
+        f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
+        f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
+    ]
+    if rows:
+        lines.append(f"storage    {size / (rows * m.num_layers):.1f} bytes per token-layer ({rows} rows x {m.num_layers} layers)")
+    counts: dict[str, dict[str, int]] = {}
+    for labels in trace.labels:
+        for key, value in labels.items():
+            counts.setdefault(key, {}).setdefault(value, 0)
+            counts[key][value] += 1
+    for key, values in sorted(counts.items()):
+        shown = ", ".join(f"{v} {c}" for v, c in sorted(values.items(), key=lambda kv: -kv[1])[:8])
+        more = f", ... ({len(values)} values)" if len(values) > 8 else ""
+        lines.append(f"label      {key}: {shown}{more}")
+    if n:
+        sample = range(n) if n <= 2000 else np.linspace(0, n - 1, 2000).astype(int)
+        profiles = [s.entropy[s.is_generated].mean(0) for s in (trace[i] for i in sample) if s.n_generated]
+        if profiles:
+            mean = np.mean(profiles, axis=0)
+            lines.append(f"mean entropy profile over generated tokens (nats){' (2000 sampled sequences)' if n > 2000 else ''}:")
+            width = max(len(name) for name in m.layer_names)
+            top = float(mean.max()) or 1.0
+            for name, value in zip(m.layer_names, mean):
+                lines.append(f"  {name:<{width}}  {value:6.3f}  {'█' * max(1, int(round(30 * value / top)))}")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .trace import Trace
+
+    with Trace.open(args.trace) as trace:
+        print(summarize(trace))
+    return 0
+
+
+# ---------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .trace import Trace
+
+    out = Path(args.out) if args.out else Path(args.trace).with_suffix(f".{args.to}")
+    with Trace.open(args.trace) as trace:
+        try:
+            frame = trace.to_dataframe(layout=args.layout)
+        except ImportError as exc:
+            raise EntropyLensError(str(exc)) from None
+    if args.to == "csv":
+        frame.to_csv(out, index=False)
+    else:
+        try:
+            frame.to_parquet(out, index=False)
+        except ImportError:
+            raise EntropyLensError("parquet export needs pyarrow: pip install 'entropylens-hf[export]'") from None
+    print(f"wrote {len(frame)} rows ({args.layout}) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo / view
+
+
+def _display_available() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _viewer_main():
+    try:
+        from entropylens_viewer.app import main as viewer_main
+    except ImportError:
+        return None
+    return viewer_main
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .models import default_model, demo_prompts_path
+    from .prompts import read_prompts, record_prompts
+    from .recorder import EntropyLens
+    from .trace import Trace
+
+    out = Path(args.out)
+    if out.exists() and not args.keep:
+        out.unlink()
+    model, tokenizer = default_model()
+    lens = EntropyLens(model, tokenizer, top_k=10, model_name="entropylens-hf default model")
+    prompts = read_prompts(demo_prompts_path())
+    record_prompts(lens, prompts, out, batch_size=len(prompts), progress=False,
+                   max_new_tokens=args.max_new_tokens, do_sample=False)
+    with Trace.open(out) as trace:
+        print(summarize(trace))
+        print()
+        print("per prompt: entropy (nats) at the first decoder layer -> last layer, averaged over generated tokens")
+        for seq in trace:
+            gen = seq.entropy[seq.is_generated]
+            kind = ",".join(f"{v}" for v in seq.labels.values())
+            text = (seq.prompt_text + "⟦" + seq.generated_text + "⟧").replace("\n", "⏎")
+            print(f"  [{kind:>11}] {gen[:, 1].mean():5.2f} -> {gen[:, -1].mean():5.2f}  {_sparkline(gen.mean(0))}  {text[:70]}")
+        kinds = sorted({v for lab in trace.labels for v in lab.values()})
+        if kinds:
+            print("mean profile per kind (embeddings .. last layer):")
+            for kind in kinds:
+                profile = np.mean([s.entropy[s.is_generated].mean(0) for s in trace if kind in s.labels.values()], axis=0)
+                print(f"  {kind:>11}  {_sparkline(profile)}  final {profile[-1]:.2f} nats")
+    viewer = _viewer_main()
+    if args.no_view or viewer is None or not _display_available():
+        reason = "" if args.no_view else (" (no display)" if viewer is not None else " (viewer not installed: pip install ./viewer)")
+        print(f"\ntrace written to {out}; view it with: entropylens-view {out}{reason}")
+        return 0
+    return int(viewer([str(out)]) or 0)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    viewer = _viewer_main()
+    if viewer is None:
+        raise EntropyLensError(
+            "the viewer is a separate package: pip install entropylens-viewer (from a clone: pip install ./viewer)"
+        )
+    return int(viewer([str(t) for t in args.traces]) or 0)
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropylens", description="Entropy-Lens for Hugging Face language models.")
+    parser.add_argument("--version", action="version", version=f"entropylens-hf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rec = sub.add_parser("record", help="record the entropy lens of generated text into a trace")
+    rec.add_argument("model", help="local model folder, hub id, or 'default' for the bundled model")
+    rec.add_argument("--prompts", required=True, help="text file (one prompt per line) or JSONL with prompt and labels")
+    rec.add_argument("--out", required=True, help="trace file (.h5); appended to and resumed if it exists")
+    rec.add_argument("--max-new-tokens", type=int, default=64)
+    rec.add_argument("--top-k", type=int, default=10, help="top-k predictions stored per layer (default 10)")
+    rec.add_argument("--batch-size", type=int, default=8)
+    rec.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    rec.add_argument("--device-map", default=None, help="spread the model over devices, e.g. auto (needs accelerate)")
+    rec.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
+    rec.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    rec.add_argument("--temperature", type=float, default=1.0)
+    rec.add_argument("--top-p", type=float, default=1.0)
+    rec.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
+    rec.add_argument("--renyi", default=None, help="extra Rényi orders to record, e.g. 0,2,inf")
+    rec.add_argument("--no-prompt-rows", action="store_true", help="record generated tokens only")
+    rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
+    rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec.set_defaults(func=cmd_record)
+
+    info = sub.add_parser("info", help="summarise a trace")
+    info.add_argument("trace")
+    info.set_defaults(func=cmd_info)
+
+    exp = sub.add_parser("export", help="export a trace as CSV or Parquet")
+    exp.add_argument("trace")
+    exp.add_argument("--to", choices=["csv", "parquet"], default="csv")
+    exp.add_argument("--layout", choices=["wide", "long"], default="wide",
+                     help="wide: a row per token with entropy_0..entropy_L; long: a row per token and layer")
+    exp.add_argument("--out", default=None, help="output path (default: the trace's name with .csv/.parquet)")
+    exp.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="record bundled prompts with the bundled model and show the result")
+    demo.add_argument("--out", default="entropylens_demo.h5")
+    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--no-view", action="store_true", help="do not open the viewer")
+    demo.add_argument("--keep", action="store_true", help="append to an existing demo trace instead of replacing it")
+    demo.set_defaults(func=cmd_demo)
+
+    view = sub.add_parser("view", help="open traces in the desktop viewer (entropylens-viewer)")
+    view.add_argument("traces", nargs="+")
+    view.set_defaults(func=cmd_view)
+
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.analysis.commands") is not None:
+        from .analysis.commands import register
+
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EntropyLensError as exc:
+        print(f"entropylens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"entropylens {args.command}: interrupted; finished sequences are in the trace", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

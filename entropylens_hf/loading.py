@@ -1,0 +1,80 @@
+"""Load a causal LM and its tokenizer by name, path, or ``default`` (the bundled model).
+
+One place that turns transformers' loading failures into errors that say what to do, shared
+by every CLI command that takes a MODEL argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import EntropyLensError
+
+__all__ = ["load_model", "resolve_device", "resolve_dtype"]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present, then MPS, then CPU."""
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EntropyLensError(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA when supported, float32 elsewhere."""
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise EntropyLensError(f"--dtype {dtype}: choose one of auto, {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` in eval mode; ``name`` is ``default``, a local folder or a hub id.
+
+    With ``device_map`` (e.g. ``auto``, needs ``accelerate``) the model is spread over the
+    available devices and ``device`` is ignored.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "default":
+        from .models import default_model_path
+
+        name = str(default_model_path())
+    target = resolve_device(device) if device_map is None else "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = resolve_dtype(dtype, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise EntropyLensError(f"{name}: not a causal language model (AutoModelForCausalLM cannot load it)") from None
+        raise EntropyLensError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    except (OSError, ImportError) as exc:
+        raise EntropyLensError(
+            f"{name}: cannot load the model ({str(exc).splitlines()[0]}); give a local folder with config.json, "
+            "weights and tokenizer files, a hub id reachable from this machine, or 'default' for the bundled model"
+        ) from None
+    if device_map is None:
+        model = model.to(target)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer

@@ -1,0 +1,103 @@
+"""The entropylens command line, end to end on a saved tiny model."""
+
+import json
+
+import h5py
+import pytest
+
+from entropylens_hf import Trace
+from entropylens_hf.cli import main
+
+
+@pytest.fixture
+def prompts_jsonl(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "the quick brown", "labels": {"task": "prose"}},
+            {"prompt": "import os", "labels": {"task": "code"}},
+            {"prompt": "def main():", "labels": {"task": "code"}}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _record(model_dir, prompts, out, *extra):
+    return main(["record", str(model_dir), "--prompts", str(prompts), "--out", str(out), "--max-new-tokens", "4",
+                 "--batch-size", "2", "--device", "cpu", "--quiet", *extra])
+
+
+def test_record_writes_every_prompt_with_its_labels_and_resumes(tiny_model_dir, prompts_jsonl, tmp_path, capsys):
+    out = tmp_path / "t.h5"
+    assert _record(tiny_model_dir, prompts_jsonl, out, "--label", "run=1", "--renyi", "2,inf") == 0
+    with Trace.open(out) as trace:
+        assert len(trace) == 3
+        assert trace.labels == [{"run": "1", "task": "prose"}, {"run": "1", "task": "code"}, {"run": "1", "task": "code"}]
+        assert [t.strip() for t in trace.prompt_texts] == ["the quick brown", "import os", "def main():"]
+        assert trace.metadata.renyi_alphas == (2.0, float("inf"))
+        assert all(s.n_generated == 4 for s in trace)
+    assert "recorded 3 prompt(s)" in capsys.readouterr().out
+    # Re-running skips what is there; a longer prompt list records only the new prompt.
+    with prompts_jsonl.open("a") as f:
+        f.write(json.dumps({"prompt": "the lazy dog", "labels": {"task": "prose"}}) + "\n")
+    assert _record(tiny_model_dir, prompts_jsonl, out, "--label", "run=1", "--renyi", "2,inf") == 0
+    printed = capsys.readouterr().out
+    assert "recorded 1 prompt(s)" in printed and "skipped 3 already in the file" in printed
+    with Trace.open(out) as trace:
+        assert len(trace) == 4 and trace.prompt_texts[-1].strip() == "the lazy dog"
+
+
+def test_plain_text_prompt_file_and_sampling_with_seed_reproduce(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the quick brown\n\nimport os\n")
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for out in (a, b):
+        assert _record(tiny_model_dir, prompts, out, "--sample", "--seed", "5", "--temperature", "1.3") == 0
+    with Trace.open(a) as ta, Trace.open(b) as tb:
+        assert len(ta) == 2
+        assert [s.token_ids.tolist() for s in ta] == [s.token_ids.tolist() for s in tb]
+        assert ta.runs()[0]["do_sample"] is True
+
+
+def test_info_and_export(tiny_model_dir, prompts_jsonl, tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    out = tmp_path / "t.h5"
+    _record(tiny_model_dir, prompts_jsonl, out)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 lens layers: embeddings + 2 decoder layers" in text and "label      task: code 2, prose 1" in text
+    assert "bytes per token-layer" in text and "layer 2" in text
+    assert main(["export", str(out), "--to", "csv"]) == 0
+    frame = pd.read_csv(out.with_suffix(".csv"))
+    with Trace.open(out) as trace:
+        assert len(frame) == trace.num_rows
+        assert frame.entropy_2.to_numpy() == pytest.approx([x for s in trace for x in s.entropy[:, 2]], rel=1e-6)
+    assert main(["export", str(out), "--to", "parquet", "--layout", "long", "--out", str(tmp_path / "x.parquet")]) == 0
+    assert len(pd.read_parquet(tmp_path / "x.parquet")) == 3 * len(frame)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "{tmp}/missing.h5"], "no such trace file"),
+        (["info", "{tmp}/foreign.h5"], "not an entropylens trace"),
+        (["record", "{tmp}/no-model", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/t.h5"], "cannot load the model"),
+        (["record", "default", "--prompts", "{tmp}/missing.txt", "--out", "{tmp}/t.h5"], "no such prompts file"),
+        (["record", "default", "--prompts", "{tmp}/empty.jsonl", "--out", "{tmp}/t.h5"], "line 2: empty prompt"),
+        (["record", "default", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/nope/t.h5"], "does not exist"),
+        (["record", "default", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/t.h5", "--renyi", "x"], "comma-separated"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, argv, message):
+    (tmp_path / "p.txt").write_text("hello\n")
+    (tmp_path / "empty.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "  "}\n')
+    h5py.File(tmp_path / "foreign.h5", "w").close()
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_view_without_the_viewer_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import entropylens_hf.cli as cli
+
+    monkeypatch.setattr(cli, "_viewer_main", lambda: None)
+    assert main(["view", str(tmp_path / "t.h5")]) == 2
+    assert "pip install entropylens-viewer" in capsys.readouterr().err
