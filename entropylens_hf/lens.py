@@ -217,16 +217,44 @@ class LogitLens(nn.Module):
         top_k: int,
         targets: torch.Tensor | None = None,
         alphas: Sequence[float] = (),
-        chunk_size: int = 16384,
+        max_logits: int = 1 << 24,
     ) -> LensStatistics:
-        """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none)."""
+        """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none).
+
+        At most ``max_logits`` float32 logits exist at once (64 MiB by default): rows are
+        processed in blocks over the whole vocabulary, and the vocabulary itself is split
+        only when a single row would not fit.
+        """
+        vocab = self.vocab_size
+        block_rows = max(1, max_logits // vocab)
+        chunk = vocab if max_logits >= vocab else max_logits
+        parts = [
+            self._block_statistics(
+                hidden[start : start + block_rows],
+                None if targets is None else targets[start : start + block_rows],
+                top_k=top_k,
+                alphas=alphas,
+                chunk_size=chunk,
+            )
+            for start in range(0, hidden.shape[0], block_rows)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
+
+    def _block_statistics(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        top_k: int,
+        alphas: Sequence[float],
+        chunk_size: int,
+    ) -> LensStatistics:
         rows = self.normalize(hidden).to(self.device)
         weight = getattr(self.unembedding, "weight", None)
         bias = getattr(self.unembedding, "bias", None)
-        linear = isinstance(self.unembedding, nn.Linear) or (
-            isinstance(weight, torch.Tensor) and weight.dim() == 2 and type(self.unembedding).forward is nn.Linear.forward
-        )
-        if linear:
+        if isinstance(self.unembedding, nn.Linear):
             rows = rows.to(weight.dtype)
 
             def chunk_logits(start: int, stop: int) -> torch.Tensor:
@@ -241,7 +269,7 @@ class LogitLens(nn.Module):
                     target_logits = target_logits + bias[safe].float()
                 target_logits = self._transform(target_logits)
         else:
-            # A head that is not a plain linear map (quantised, custom): materialise once.
+            # A head that is not a plain linear map (quantised, custom): materialise the block.
             full = self._transform(self.unembedding(rows).float())
 
             def chunk_logits(start: int, stop: int) -> torch.Tensor:

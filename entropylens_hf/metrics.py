@@ -102,6 +102,7 @@ def streaming_lens_statistics(
     k = min(top_k, vocab_size)
     alphas = tuple(float(a) for a in alphas)
     finite_alphas = [a for a in alphas if a not in (0.0, 1.0) and not math.isinf(a)]
+    need_support = 0.0 in alphas
 
     running_max = torch.full((n_rows,), -math.inf, device=device)
     sum_exp = torch.zeros(n_rows, device=device)  # sum exp(z - max)
@@ -139,10 +140,12 @@ def streaming_lens_statistics(
         centred = z - safe_new_max.unsqueeze(-1)
         e = torch.exp(centred)
         sum_exp = sum_exp + e.sum(-1)
-        sum_exp_shift = sum_exp_shift + torch.where(e > 0, e * centred, torch.zeros_like(e)).sum(-1)
+        # exp(-inf) * -inf is NaN for masked entries; their true contribution is 0.
+        sum_exp_shift = sum_exp_shift + (e * centred).nansum(-1)
         if finite_alphas:
             sum_pow = sum_pow + torch.exp(alpha_tensor.view(1, 1, -1) * centred.unsqueeze(-1)).sum(1)
-        support = support + torch.isfinite(z).sum(-1)
+        if need_support:
+            support = support + torch.isfinite(z).sum(-1)
         running_max = new_max
 
         vals, idx = z.topk(min(k, stop - start), dim=-1)

@@ -35,9 +35,6 @@ __all__ = ["EntropyLens", "TraceRecorder"]
 
 Labels = Mapping[str, Any]
 
-# Element budget for one block of logits (rows x vocabulary chunk) held at once.
-_LOGITS_BLOCK_ELEMENTS = 1 << 24
-
 
 class EntropyLens:
     """Entropy-Lens for a Hugging Face causal LM.
@@ -49,6 +46,8 @@ class EntropyLens:
 
     ``renyi_alphas`` adds one Rényi-entropy profile per order (0, 2, ``math.inf``...).
     ``record_prompt`` also records the prompt positions (computed in the prefill pass).
+    ``max_logits`` bounds the float32 logits held at once (default 2**24, 64 MiB), whatever
+    the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
     """
@@ -61,7 +60,7 @@ class EntropyLens:
         top_k: int = 10,
         renyi_alphas: Sequence[float] = (),
         record_prompt: bool = True,
-        vocab_chunk_size: int = 16384,
+        max_logits: int = 1 << 24,
         model_name: str | None = None,
         layers: torch.nn.ModuleList | None = None,
         final_norm: torch.nn.Module | None = None,
@@ -77,7 +76,7 @@ class EntropyLens:
         if any(a < 0 or math.isnan(a) for a in self.renyi_alphas):
             raise ValueError(f"Rényi orders must be >= 0 (math.inf allowed), got {list(renyi_alphas)}")
         self.record_prompt = record_prompt
-        self.vocab_chunk_size = int(vocab_chunk_size)
+        self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
 
     # -- trace metadata
@@ -340,28 +339,21 @@ class TraceRecorder(LogitsProcessor):
     def _statistics(self, residuals: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
         """Lens statistics for residuals ``[R, L, d]`` with one target per row; numpy ``[R, L, ...]``."""
         n, L, d = residuals.shape
-        flat = residuals.reshape(n * L, d)
-        flat_targets = targets.repeat_interleave(L)
         lens = self.lens
-        block = max(1, _LOGITS_BLOCK_ELEMENTS // min(lens.vocab_chunk_size, lens.lens.vocab_size))
-        parts = []
-        for start in range(0, n * L, block):
-            s = lens.lens.statistics(
-                flat[start : start + block],
-                top_k=lens.top_k,
-                targets=flat_targets[start : start + block],
-                alphas=lens.renyi_alphas,
-                chunk_size=lens.vocab_chunk_size,
-            )
-            parts.append(s)
-        cat = functools.partial(torch.cat, dim=0)
+        s = lens.lens.statistics(
+            residuals.reshape(n * L, d),
+            top_k=lens.top_k,
+            targets=targets.repeat_interleave(L),
+            alphas=lens.renyi_alphas,
+            max_logits=lens.max_logits,
+        )
         out = {
-            "entropy": cat([p.entropy for p in parts]).reshape(n, L),
-            "topk_ids": cat([p.topk_ids for p in parts]).reshape(n, L, -1),
-            "topk_probs": cat([p.topk_probs for p in parts]).reshape(n, L, -1),
-            "target_prob": cat([p.target_prob for p in parts]).reshape(n, L),
-            "target_rank": cat([p.target_rank for p in parts]).reshape(n, L),
-            "renyi": cat([p.renyi for p in parts]).reshape(n, L, -1).transpose(1, 2),
+            "entropy": s.entropy.reshape(n, L),
+            "topk_ids": s.topk_ids.reshape(n, L, -1),
+            "topk_probs": s.topk_probs.reshape(n, L, -1),
+            "target_prob": s.target_prob.reshape(n, L),
+            "target_rank": s.target_rank.reshape(n, L),
+            "renyi": s.renyi.reshape(n, L, -1).transpose(1, 2),
         }
         return {k: v.cpu().numpy() for k, v in out.items()}
 
