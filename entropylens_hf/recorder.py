@@ -161,6 +161,11 @@ class _CallState:
     output_entropy: list[list[float]] = field(default_factory=list)
     pending: torch.Tensor | None = None  # [batch, L, d] residuals awaiting their target
     pending_rows: list[int] = field(default_factory=list)
+    # Rows whose target is known, waiting to be resolved together in one block.
+    queue_owner: list[torch.Tensor] = field(default_factory=list)  # batch row of each queued row
+    queue_residuals: list[torch.Tensor] = field(default_factory=list)  # [n, L, d]
+    queue_targets: list[torch.Tensor] = field(default_factory=list)  # [n]
+    queued: int = 0
 
 
 class TraceRecorder(LogitsProcessor):
@@ -314,27 +319,46 @@ class TraceRecorder(LogitsProcessor):
         mask = state.attention_mask[:, -positions:].to(residuals.device).bool()
         valid = mask[:, :-1] & mask[:, 1:]
         rows_b, rows_p = valid.nonzero(as_tuple=True)
-        targets = ids[rows_b, rows_p + 1]
-        stats = self._statistics(residuals[rows_b, rows_p], targets)
-        counts = valid.sum(-1).tolist()
-        start = 0
-        for b, n in enumerate(counts):
-            state.stats[b].append({k: v[start : start + n] for k, v in stats.items()})
+        self._enqueue(state, rows_b, residuals[rows_b, rows_p], ids[rows_b, rows_p + 1])
+        for b, n in enumerate(valid.sum(-1).tolist()):
             state.output_entropy[b].extend([math.nan] * n)
-            start += n
 
     def _resolve_pending(self, state: _CallState, new_tokens: torch.Tensor) -> None:
         rows = state.pending_rows
         if not rows:
             return
         targets = new_tokens[rows].to(state.pending.device)
-        stats = self._statistics(state.pending[rows], targets)
-        for j, b in enumerate(rows):
-            state.stats[b].append({k: v[j : j + 1] for k, v in stats.items()})
-            token = int(targets[j])
+        owners = torch.tensor(rows, device=state.pending.device)
+        self._enqueue(state, owners, state.pending[rows], targets)
+        for b, token in zip(rows, targets.tolist()):
             state.generated[b].append(token)
             if token in state.eos_ids:
                 state.finished[b] = True
+
+    def _enqueue(self, state: _CallState, owners: torch.Tensor, residuals: torch.Tensor, targets: torch.Tensor) -> None:
+        """Queue rows with known targets; resolve them once a block's worth has gathered.
+
+        One large product per block reads the unembedding once for many steps and keeps
+        the matrix multiply efficient (a product with few rows is bound by reading weights).
+        """
+        state.queue_owner.append(owners)
+        state.queue_residuals.append(residuals)
+        state.queue_targets.append(targets)
+        state.queued += residuals.shape[0] * residuals.shape[1]
+        if state.queued >= max(1, self.lens.max_logits // self.lens.lens.vocab_size):
+            self._flush(state)
+
+    def _flush(self, state: _CallState) -> None:
+        if not state.queued:
+            return
+        owners = torch.cat(state.queue_owner).tolist()
+        stats = self._statistics(torch.cat(state.queue_residuals), torch.cat(state.queue_targets))
+        state.queue_owner, state.queue_residuals, state.queue_targets, state.queued = [], [], [], 0
+        order = np.argsort(owners, kind="stable")  # group by sequence, keeping each one's row order
+        sorted_owners = np.asarray(owners)[order]
+        for b in np.unique(sorted_owners):
+            picked = order[sorted_owners == b]
+            state.stats[int(b)].append({k: v[picked] for k, v in stats.items()})
 
     def _statistics(self, residuals: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
         """Lens statistics for residuals ``[R, L, d]`` with one target per row; numpy ``[R, L, ...]``."""
@@ -371,6 +395,7 @@ class TraceRecorder(LogitsProcessor):
                 f"generate returned {sequences.shape[1] - prompt_width} new tokens for {state.step} recorded steps"
             )
         self._resolve_pending(state, sequences[:, -1])
+        self._flush(state)
         tokenizer = self.lens.tokenizer
         records = []
         for b in range(state.input_ids.shape[0]):

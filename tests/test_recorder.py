@@ -284,10 +284,11 @@ def test_cuda_bfloat16_recording_matches_cpu_within_bf16_tolerance():
     np.testing.assert_allclose(gpu.entropy[:3], cpu.entropy[:3], atol=0.05)
 
 
-def test_a_tiny_logits_budget_records_the_same_as_the_default(llama):
+@pytest.mark.parametrize("max_logits", [50, 7 * VOCAB])  # resolve every row at once / every few steps
+def test_a_small_logits_budget_records_the_same_as_the_default(llama, max_logits):
     prompt = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     _, default = EntropyLens(llama, None, top_k=5).generate(input_ids=prompt, **FIXED)
-    _, bounded = EntropyLens(llama, None, top_k=5, max_logits=50).generate(input_ids=prompt, **FIXED)
+    _, bounded = EntropyLens(llama, None, top_k=5, max_logits=max_logits).generate(input_ids=prompt, **FIXED)
     for a, b in zip(default, bounded):
         np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(a.topk_ids, b.topk_ids)

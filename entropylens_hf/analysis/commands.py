@@ -1,0 +1,151 @@
+"""The analysis subcommands of ``entropylens``: classify, skip-eval, fingerprint.
+
+:func:`register` adds them to the main parser's subparsers; each handler returns an exit
+code and raises :class:`~entropylens_hf.errors.EntropyLensError` for user errors. Imports of
+numpy-heavy or torch-heavy modules happen inside the handlers, so ``entropylens --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import EntropyLensError
+
+__all__ = ["register"]
+
+
+def _alpha(text: str) -> float:
+    try:
+        return float(text)  # accepts "inf"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a Rényi order such as 0, 2 or inf, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from ..trace import Trace
+    from .classify import classify_trace, format_classification
+
+    with Trace.open(args.trace) as trace:
+        result = classify_trace(trace, args.label, alpha=args.alpha, windows=args.windows, rows=args.rows,
+                                k=args.k, folds=args.folds, seed=args.seed)
+    print(format_classification(result))
+    return 0
+
+
+def _read_texts(path: str) -> list[str]:
+    """Paragraphs (blocks separated by blank lines) of a text file."""
+    file = Path(path)
+    if not file.is_file():
+        raise EntropyLensError(f"--text {path}: no such file")
+    paragraphs = [p.strip() for p in file.read_text(encoding="utf-8").split("\n\n")]
+    paragraphs = [p for p in paragraphs if p]
+    if not paragraphs:
+        raise EntropyLensError(f"--text {path}: the file holds no text")
+    return paragraphs
+
+
+def _default_texts(model: str) -> list[str]:
+    """Held-out text shipped with the bundled model, the default evaluation for ``skip-eval default``."""
+    if model == "default":
+        from ..models import default_model_path
+
+        for name in ("heldout.txt", "held_out.txt", "validation.txt"):
+            candidate = Path(default_model_path()) / name
+            if candidate.is_file():
+                return _read_texts(str(candidate))
+    raise EntropyLensError("give --mc FILE.jsonl (multiple choice) or --text FILE (held-out text for next-token accuracy)")
+
+
+def cmd_skip_eval(args: argparse.Namespace) -> int:
+    if args.mc and args.text:
+        raise EntropyLensError("give either --mc or --text, not both")
+    from ..loading import load_model
+    from .evaluation import read_multiple_choice
+    from .skipping import format_skip_experiment, skip_experiment
+
+    items = read_multiple_choice(args.mc) if args.mc else None
+    texts = None if items is not None else (_read_texts(args.text) if args.text else _default_texts(args.model))
+    model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
+    profile, source = None, ""
+    if args.trace:
+        from ..trace import Trace
+        from .profiles import profile_matrix
+
+        with Trace.open(args.trace) as trace:
+            profiles = profile_matrix(trace)
+        if profiles.features.shape[0] == 0:
+            raise EntropyLensError(f"--trace {args.trace}: no sequence with generated tokens")
+        profile, source = profiles.features.mean(axis=0), f"mean generated-token profile of {args.trace}"
+    try:
+        result = skip_experiment(model, tokenizer, n_layers=args.n_layers, items=items, texts=texts, profile=profile,
+                                 profile_source=source, seeds=args.seeds, seed=args.seed, max_length=args.max_length,
+                                 model_name=args.model)
+    except ValueError as exc:  # n_layers too large, a trace of another depth
+        raise EntropyLensError(str(exc)) from None
+    print(format_skip_experiment(result))
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from .fingerprint import fingerprint, plot_fingerprint
+
+    out = Path(args.out)
+    if args.points < 2:
+        raise EntropyLensError(f"--points {args.points}: at least 2 depth points are needed")
+    if not out.parent.exists():
+        raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
+    result = fingerprint(args.traces, method=args.method, points=args.points, alpha=args.alpha, seed=args.seed)
+    plot_fingerprint(result, out)
+    counts = {m: result.models.count(m) for m in dict.fromkeys(result.models)}
+    print(f"{sum(counts.values())} profiles of {len(counts)} model(s) embedded with {args.method} into {out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``classify``, ``skip-eval`` and ``fingerprint`` to the ``entropylens`` command."""
+    cls = subparsers.add_parser("classify", help="predict a label of each sequence from its entropy profile (k-NN, CV)")
+    cls.add_argument("trace")
+    cls.add_argument("--label", required=True, help="the stored label to predict, e.g. task")
+    cls.add_argument("--alpha", type=_alpha, default=None, help="use the recorded Rényi entropy of this order (default: Shannon)")
+    cls.add_argument("--windows", type=_positive, default=None,
+                     help="split the generated tokens into N windows and concatenate their mean profiles (default: one mean)")
+    cls.add_argument("--rows", choices=["generated", "prompt", "all"], default="generated",
+                     help="which token rows to average (default: generated)")
+    cls.add_argument("--k", type=_positive, default=5, help="neighbours of the k-NN classifier (default 5)")
+    cls.add_argument("--folds", type=_positive, default=10, help="cross-validation folds (default 10; fewer if a class is smaller)")
+    cls.add_argument("--seed", type=int, default=0)
+    cls.set_defaults(func=cmd_classify)
+
+    skip = subparsers.add_parser("skip-eval", help="skip the layers of maximal expansion / pruning / random layers; compare scores")
+    skip.add_argument("model", help="local model folder, or 'default' for the bundled model")
+    skip.add_argument("--mc", default=None, metavar="FILE.jsonl",
+                      help='multiple-choice questions, one JSON per line: {"question": ..., "choices": [...], "answer": index}')
+    skip.add_argument("--text", default=None, metavar="FILE", help="held-out text (paragraphs separated by blank lines) for next-token accuracy")
+    skip.add_argument("--trace", default=None, help="rank layers by this trace's mean profile (default: the model on the evaluation texts)")
+    skip.add_argument("--n-layers", type=_positive, default=1, help="layers skipped per condition (default 1)")
+    skip.add_argument("--seeds", type=_positive, default=5, help="random-layer draws for the control (default 5)")
+    skip.add_argument("--seed", type=int, default=0)
+    skip.add_argument("--max-length", type=_positive, default=128, help="tokens per text piece (default 128)")
+    skip.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    skip.set_defaults(func=cmd_skip_eval)
+
+    fp = subparsers.add_parser("fingerprint", help="embed depth-rescaled profiles of several traces in 2-D, coloured by model")
+    fp.add_argument("traces", nargs="+")
+    fp.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    fp.add_argument("--method", choices=["tsne", "pca"], default="tsne")
+    fp.add_argument("--points", type=_positive, default=20, help="normalised-depth points per profile (default 20)")
+    fp.add_argument("--alpha", type=_alpha, default=None, help="use the recorded Rényi entropy of this order")
+    fp.add_argument("--seed", type=int, default=0)
+    fp.set_defaults(func=cmd_fingerprint)
