@@ -293,3 +293,21 @@ def test_a_small_logits_budget_records_the_same_as_the_default(llama, max_logits
         np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
         np.testing.assert_array_equal(a.target_rank, b.target_rank)
+
+
+def test_device_map_with_offloaded_layers_records_the_same_as_a_plain_load(tiny_model_dir, tmp_path):
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    # accelerate's dispatch hooks move the offloaded layer's weights in for each forward.
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    spread = AutoModelForCausalLM.from_pretrained(tiny_model_dir, device_map=device_map,
+                                                  offload_folder=str(tmp_path / "offload")).eval()
+    assert getattr(spread, "hf_device_map", None) == device_map
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    _, (a,) = EntropyLens(plain, None).generate(input_ids=prompt, **FIXED)
+    _, (b,) = EntropyLens(spread, None).generate(input_ids=prompt, **FIXED)
+    assert a.token_ids.tolist() == b.token_ids.tolist()
+    np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5, atol=1e-6)
