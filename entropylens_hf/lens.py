@@ -217,11 +217,11 @@ class LogitLens(nn.Module):
         top_k: int,
         targets: torch.Tensor | None = None,
         alphas: Sequence[float] = (),
-        max_logits: int = 1 << 24,
+        max_logits: int = 1 << 22,
     ) -> LensStatistics:
         """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none).
 
-        At most ``max_logits`` float32 logits exist at once (64 MiB by default): rows are
+        At most ``max_logits`` float32 logits exist at once (16 MiB by default): rows are
         processed in blocks over the whole vocabulary, and the vocabulary itself is split
         only when a single row would not fit.
         """
@@ -273,7 +273,7 @@ class LogitLens(nn.Module):
             full = self._transform(self.unembedding(rows).float())
 
             def chunk_logits(start: int, stop: int) -> torch.Tensor:
-                return full[:, start:stop]
+                return full[:, start:stop]  # each chunk is read once; overwriting it is fine
 
             target_logits = None
             if targets is not None:

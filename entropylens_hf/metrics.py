@@ -92,7 +92,7 @@ def streaming_lens_statistics(
     """Entropy, Rényi entropies, top-k and target prob/rank of ``R`` rows of logits, chunk by chunk.
 
     ``chunk_logits(start, stop)`` returns the float32 logits ``[R, stop - start]`` of vocabulary
-    entries ``start:stop``; only one chunk is alive at a time. ``target_ids`` ``[R]`` holds the
+    entries ``start:stop`` as a tensor this function may overwrite; only one chunk is alive at a time. ``target_ids`` ``[R]`` holds the
     token whose probability and rank to report (``-1``: none) and ``target_logits`` ``[R]`` its
     logit, computed by the caller (a gather is far cheaper than scanning for it).
     """
@@ -124,6 +124,23 @@ def streaming_lens_statistics(
         stop = min(start + chunk_size, vocab_size)
         z = first if start == 0 else chunk_logits(start, stop)
 
+        # Statistics that need the raw logits come first; then z is overwritten in place,
+        # so a chunk costs the logits plus one float and one bool tensor of the same shape.
+        vals, idx = z.topk(min(k, stop - start), dim=-1)
+        best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
+        best_ids = torch.cat([best_ids, idx + start], -1).gather(-1, order)
+        if has_target:
+            # Count tokens scoring above the target, never the target itself: its logit from
+            # this product may differ by rounding from the one the caller gathered.
+            above = z > target_logits.unsqueeze(-1)
+            local = target_ids - start
+            in_chunk = (local >= 0) & (local < stop - start)
+            self_above = above.gather(-1, local.clamp(0, stop - start - 1).unsqueeze(-1)).squeeze(-1) & in_chunk
+            higher = higher + above.sum(-1) - self_above.long()
+            del above
+        if need_support:
+            support = support + torch.isfinite(z).sum(-1)
+
         chunk_max = z.max(-1).values
         new_max = torch.maximum(running_max, chunk_max)
         # Rows whose max is still -inf (all masked so far) must not produce NaNs.
@@ -136,30 +153,16 @@ def streaming_lens_statistics(
         sum_exp = sum_exp * scale
         if finite_alphas:
             sum_pow = sum_pow * torch.exp(alpha_tensor * shift.unsqueeze(-1))
+        running_max = new_max
 
-        centred = z - safe_new_max.unsqueeze(-1)
+        centred = z.sub_(safe_new_max.unsqueeze(-1))
+        for j, a in enumerate(finite_alphas):
+            sum_pow[:, j] += torch.exp(centred * a).sum(-1)
         e = torch.exp(centred)
         sum_exp = sum_exp + e.sum(-1)
         # exp(-inf) * -inf is NaN for masked entries; their true contribution is 0.
-        sum_exp_shift = sum_exp_shift + (e * centred).nansum(-1)
-        if finite_alphas:
-            sum_pow = sum_pow + torch.exp(alpha_tensor.view(1, 1, -1) * centred.unsqueeze(-1)).sum(1)
-        if need_support:
-            support = support + torch.isfinite(z).sum(-1)
-        running_max = new_max
-
-        vals, idx = z.topk(min(k, stop - start), dim=-1)
-        best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
-        best_ids = torch.cat([best_ids, idx + start], -1).gather(-1, order)
-
-        if has_target:
-            # Count tokens scoring above the target, never the target itself: its logit from
-            # this product may differ by rounding from the one the caller gathered.
-            above = z > target_logits.unsqueeze(-1)
-            local = target_ids - start
-            in_chunk = (local >= 0) & (local < stop - start)
-            self_above = above.gather(-1, local.clamp(0, stop - start - 1).unsqueeze(-1)).squeeze(-1) & in_chunk
-            higher = higher + above.sum(-1) - self_above.long()
+        sum_exp_shift = sum_exp_shift + e.mul_(centred).nansum(-1)
+        del z, centred, e
 
     log_sum = torch.log(sum_exp)
     shannon = log_sum - sum_exp_shift / sum_exp

@@ -46,8 +46,8 @@ class EntropyLens:
 
     ``renyi_alphas`` adds one Rényi-entropy profile per order (0, 2, ``math.inf``...).
     ``record_prompt`` also records the prompt positions (computed in the prefill pass).
-    ``max_logits`` bounds the float32 logits held at once (default 2**24, 64 MiB), whatever
-    the batch, depth and vocabulary.
+    ``max_logits`` bounds the float32 logits held at once (default 2**22, 16 MiB; the pass
+    over them needs about 2.5 times that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
     """
@@ -60,7 +60,7 @@ class EntropyLens:
         top_k: int = 10,
         renyi_alphas: Sequence[float] = (),
         record_prompt: bool = True,
-        max_logits: int = 1 << 24,
+        max_logits: int = 1 << 22,
         model_name: str | None = None,
         layers: torch.nn.ModuleList | None = None,
         final_norm: torch.nn.Module | None = None,

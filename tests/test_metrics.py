@@ -50,7 +50,7 @@ def test_streaming_statistics_equal_one_shot_for_any_chunk_size(chunk):
     targets = torch.tensor([3, 41, 0, -1, 99])
     target_logits = z.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
     stats = streaming_lens_statistics(
-        lambda a, b: z[:, a:b], 100, top_k=4, target_ids=targets, target_logits=target_logits,
+        lambda a, b: z[:, a:b].clone(), 100, top_k=4, target_ids=targets, target_logits=target_logits,
         alphas=[0, 1, 2, math.inf], chunk_size=chunk,
     )
     torch.testing.assert_close(stats.entropy, entropy(z), rtol=1e-5, atol=1e-5)
@@ -69,6 +69,6 @@ def test_streaming_statistics_equal_one_shot_for_any_chunk_size(chunk):
 def test_rank_does_not_count_the_target_itself_when_its_logit_differs_by_rounding():
     z = torch.tensor([[1.0, 2.0, 3.0]])
     slightly_low = torch.tensor([2.0 - 1e-7])  # as if gathered by another kernel
-    stats = streaming_lens_statistics(lambda a, b: z[:, a:b], 3, top_k=1, target_ids=torch.tensor([1]),
+    stats = streaming_lens_statistics(lambda a, b: z[:, a:b].clone(), 3, top_k=1, target_ids=torch.tensor([1]),
                                       target_logits=slightly_low, chunk_size=2)
     assert stats.target_rank.item() == 1
