@@ -18,7 +18,7 @@ import contextlib
 import functools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -173,6 +173,8 @@ class TraceRecorder(LogitsProcessor):
 
     Obtain it from :meth:`EntropyLens.record`; pass it to ``generate`` as
     ``logits_processor=[rec]`` (inside the block it is added for you if you forget).
+    ``rec.last_records`` holds the sequences of the latest call; ``rec.records`` all of the
+    block's sequences when recording to memory (with a trace file, read them from the file).
     It sees ``scores`` after generate's own logits processors (repetition penalty, ...) and
     before the sampling warpers (temperature, top-k, top-p), which transformers applies
     after custom processors; ``output_entropy`` is the entropy of those scores: the
@@ -187,6 +189,7 @@ class TraceRecorder(LogitsProcessor):
         self.lens = lens
         self.writer = writer
         self.labels = {str(k): str(v) for k, v in labels.items()}
+        # Kept in memory only without a trace file; with one, the file holds them.
         self.records: list[SequenceRecord] = []
         self.last_records: list[SequenceRecord] = []
         self._capture: ResidualCapture | None = None
@@ -237,8 +240,9 @@ class TraceRecorder(LogitsProcessor):
             self._state = None
         if self.writer is not None:
             indices = self.writer.write(records)
-            records = [_with_index(r, i) for r, i in zip(records, indices)]
-        self.records.extend(records)
+            records = [replace(r, index=i) for r, i in zip(records, indices)]
+        else:
+            self.records.extend(records)
         self.last_records = records
         return output
 
@@ -426,12 +430,6 @@ class TraceRecorder(LogitsProcessor):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _with_index(record: SequenceRecord, index: int) -> SequenceRecord:
-    from dataclasses import replace
-
-    return replace(record, index=index)
 
 
 def _setting(model: Any, kwargs: dict, name: str, default: Any) -> Any:
