@@ -89,8 +89,6 @@ def _sparkline(values: Sequence[float]) -> str:
 
 def summarize(trace) -> str:
     """A human summary of a trace: model, sizes, labels, mean entropy profile."""
-    import numpy as np
-
     m = trace.metadata
     n = len(trace)
     lengths, prompts = trace.sequence_lengths, trace.prompt_lengths
@@ -117,15 +115,12 @@ def summarize(trace) -> str:
         more = f", ... ({len(values)} values)" if len(values) > 8 else ""
         lines.append(f"label      {key}: {shown}{more}")
     if n:
-        sample = range(n) if n <= 2000 else np.linspace(0, n - 1, 2000).astype(int)
-        profiles = [s.entropy[s.is_generated].mean(0) for s in (trace[i] for i in sample) if s.n_generated]
-        if profiles:
-            mean = np.mean(profiles, axis=0)
-            lines.append(f"mean entropy profile over generated tokens (nats){' (2000 sampled sequences)' if n > 2000 else ''}:")
-            width = max(len(name) for name in m.layer_names)
-            top = float(mean.max()) or 1.0
-            for name, value in zip(m.layer_names, mean):
-                lines.append(f"  {name:<{width}}  {value:6.3f}  {'█' * max(1, int(round(30 * value / top)))}")
+        mean = trace.mean_profiles.mean(axis=0)
+        lines.append("mean entropy profile over generated tokens (nats):")
+        width = max(len(name) for name in m.layer_names)
+        top = float(mean.max()) or 1.0
+        for name, value in zip(m.layer_names, mean):
+            lines.append(f"  {name:<{width}}  {value:6.3f}  {'█' * max(1, int(round(30 * value / top)))}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
     /rows/renyi             float32 [N, A, L]   Rényi entropies, one profile per order
     /sequences/token_start  int64 [S]; token_count int32 [S]; prompt_length int32 [S]
     /sequences/row_start    int64 [S]; row_count int32 [S]; run int32 [S]; mean_entropy float32 [S]
+    /sequences/mean_profile float32 [S, L]      mean entropy per layer over the generated rows
     /sequences/meta_bytes + meta_end            JSON per sequence: prompt_text, labels, key
     /runs/meta_bytes + meta_end                 JSON per generate() call: settings, time
 
@@ -319,7 +320,9 @@ class TraceWriter:
         _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
         _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
         _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
-        _append(seqs["mean_entropy"], np.asarray([_mean_generated_entropy(r) for r in records], dtype=np.float32))
+        profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
+        _append(seqs["mean_profile"], profiles)
+        _append(seqs["mean_entropy"], profiles.mean(axis=1))
         metas = [
             json.dumps({"prompt_text": r.prompt_text, "labels": dict(r.labels), "key": r.key}, ensure_ascii=False)
             for r in records
@@ -366,6 +369,7 @@ class TraceWriter:
             seqs = f.create_group("sequences")
             for name in _INDEX_COLUMNS:
                 _create_column(seqs, name, _INDEX_DTYPES[name], (), 1024)
+            _create_column(seqs, "mean_profile", np.float32, (L,), 1024)
             _create_string_column(seqs, "meta")
             _create_string_column(f.create_group("runs"), "meta")
             f.flush()
@@ -485,9 +489,10 @@ def _append_strings(group: h5py.Group, name: str, texts: Sequence[str]) -> None:
     _append(ends_ds, ends)
 
 
-def _mean_generated_entropy(r: SequenceRecord) -> float:
+def _mean_generated_profile(r: SequenceRecord) -> np.ndarray:
+    """Mean entropy per layer over generated rows (over all rows if none was generated)."""
     gen = r.entropy[r.is_generated]
-    return float(gen.mean()) if gen.size else float(r.entropy.mean())
+    return gen.mean(axis=0) if len(gen) else r.entropy.mean(axis=0)
 
 
 # --------------------------------------------------------------------------- recovery
@@ -583,9 +588,10 @@ class Trace:
         for ds in seqs.values():
             ds.refresh()
         # A sequence is complete once every index column has its entry (meta is written last).
-        n = min(seqs[name].shape[0] for name in _INDEX_COLUMNS + ("meta_end",))
+        n = min(seqs[name].shape[0] for name in _INDEX_COLUMNS + ("meta_end", "mean_profile"))
         old = len(self._metas)
         self._index = {name: seqs[name][:n] for name in _INDEX_COLUMNS}
+        self._mean_profiles: np.ndarray | None = None
         if n > old:
             self._metas.extend(json.loads(m) for m in _read_string_column(seqs, "meta", old, n))
         for group in ("tokens", "rows"):
@@ -657,6 +663,16 @@ class Trace:
     @property
     def prompt_lengths(self) -> np.ndarray:
         return self._index["prompt_length"].copy()
+
+    @property
+    def mean_profiles(self) -> np.ndarray:
+        """``[S, L]``: each sequence's mean entropy per layer over its generated rows (nats).
+
+        Stored in the index, so aggregates over many sequences need not load them.
+        """
+        if self._mean_profiles is None:
+            self._mean_profiles = self._file["sequences/mean_profile"][: len(self)]
+        return self._mean_profiles.copy()
 
     @property
     def mean_entropies(self) -> np.ndarray:

@@ -46,6 +46,7 @@ def test_written_sequences_read_back_identically(tmp_path):
             assert read.prompt_text == original.prompt_text and read.prompt_length == original.prompt_length
         assert trace.labels == [{"task": "qa"}, {"task": "code", "format": "json"}]
         np.testing.assert_allclose(trace.mean_entropies, [r.entropy[r.is_generated].mean() for r in records], rtol=1e-6)
+        np.testing.assert_allclose(trace.mean_profiles, [r.entropy[r.is_generated].mean(0) for r in records], rtol=1e-6)
         assert trace.runs()[0]["max_new_tokens"] == 8
         assert trace[-1].index == 1
         with pytest.raises(IndexError):

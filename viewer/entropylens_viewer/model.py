@@ -252,28 +252,23 @@ class ViewerState:
 
     # ------------------------------------------------------------------ aggregates
     def mean_profile(self, indices: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """Mean and standard deviation over sequences of their mean generated-token profile."""
-        t = self.trace
-        indices = self.visible_sequences() if indices is None else indices
-        profiles = [p for p in (_generated_profile(t.sequence(i)) for i in indices[:2000]) if p is not None]
-        if not profiles:
-            return np.zeros(0), np.zeros(0), 0
-        stack = np.stack(profiles)
-        return stack.mean(0), stack.std(0), len(profiles)
+        """Mean and standard deviation, over sequences, of their mean generated-token profile.
 
-    def depth_profiles(self, max_sequences: int = 500) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        Reads the per-sequence profiles stored in the trace index: no sequence is loaded.
+        """
+        if self.trace is None:
+            return np.zeros(0), np.zeros(0), 0
+        indices = self.visible_sequences() if indices is None else indices
+        if not indices:
+            return np.zeros(0), np.zeros(0), 0
+        stack = self.trace.trace.mean_profiles[indices]
+        return stack.mean(0), stack.std(0), len(indices)
+
+    def depth_profiles(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """Per open trace: (name, normalised depth in [0, 1], mean generated-token profile)."""
         out = []
         for t in self.traces:
-            n = len(t.trace)
-            picks = range(n) if n <= max_sequences else np.linspace(0, n - 1, max_sequences).astype(int)
-            profiles = [p for p in (_generated_profile(t.trace[int(i)]) for i in picks) if p is not None]
-            if profiles:
-                mean = np.mean(profiles, axis=0)
+            if len(t.trace):
+                mean = t.trace.mean_profiles.mean(axis=0)
                 out.append((t.name, np.linspace(0.0, 1.0, len(mean)), mean))
         return out
-
-
-def _generated_profile(seq: SequenceRecord) -> np.ndarray | None:
-    gen = seq.entropy[seq.is_generated]
-    return gen.mean(0) if len(gen) else None

@@ -397,6 +397,7 @@ class ComparePlot(pg.PlotWidget):
         self.legend = self.addLegend(offset=(-10, 10))
         self.curves: list[pg.PlotDataItem] = []
         state.traces_changed.connect(self.redraw)
+        state.sequences_changed.connect(self.redraw)
 
     def redraw(self) -> None:
         for curve in self.curves:
