@@ -101,3 +101,16 @@ def test_view_without_the_viewer_says_how_to_install_it(monkeypatch, capsys, tmp
     monkeypatch.setattr(cli, "_viewer_main", lambda: None)
     assert main(["view", str(tmp_path / "t.h5")]) == 2
     assert "pip install entropylens-viewer" in capsys.readouterr().err
+
+
+def test_demo_records_the_bundled_prompts_and_says_how_to_view_headless(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    out = tmp_path / "demo.h5"
+    assert main(["demo", "--out", str(out), "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    with Trace.open(out) as trace:
+        kinds = {labels["kind"] for labels in trace.labels}
+        assert len(trace) >= 8 and {"predictable", "open-ended"} <= kinds
+        assert all(s.n_generated == 8 for s in trace)
+    assert "mean profile per kind" in printed and f"entropylens-view {out}" in printed and "(no display)" in printed

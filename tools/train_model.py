@@ -105,10 +105,11 @@ def build_model(args: argparse.Namespace, vocab_size: int, tokenizer):
     if args.arch == "llama":
         config = LlamaConfig(vocab_size=vocab_size, hidden_size=args.d_model, intermediate_size=int(args.d_model * 8 / 3) // 16 * 16,
                              num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                             max_position_embeddings=args.seq_len * 2, tie_word_embeddings=True, **special)
+                             max_position_embeddings=args.seq_len * 2, tie_word_embeddings=not args.untie_embeddings, **special)
     else:
         config = GPT2Config(vocab_size=vocab_size, n_embd=args.d_model, n_layer=args.layers, n_head=args.heads,
-                            n_positions=args.seq_len * 2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special)
+                            n_positions=args.seq_len * 2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            tie_word_embeddings=not args.untie_embeddings, **special)
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -140,6 +141,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--untie-embeddings", action="store_true",
+                        help="separate input and output embeddings (with tied ones, early logit-lens layers mostly "
+                             "predict the input token back, which hides the entropy dynamics)")
+    parser.add_argument("--save-dtype", choices=["float32", "float16"], default="float32",
+                        help="dtype of the saved weights (float16 halves the file; load with dtype=torch.float32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-sequences", type=int, default=256, help="held-out sequences for perplexity")
@@ -193,6 +199,8 @@ def main() -> None:
     print(f"held-out perplexity {ppl:.2f}", flush=True)
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.save_dtype == "float16":
+        model = model.half()
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     from transformers import GenerationConfig
@@ -206,6 +214,8 @@ def main() -> None:
         "layers": args.layers,
         "d_model": args.d_model,
         "heads": args.heads,
+        "tied_embeddings": not args.untie_embeddings,
+        "saved_dtype": args.save_dtype,
         "vocab_size": len(tokenizer),
         "parameters": params,
         "train_tokens_seen": args.steps * args.batch_size * args.seq_len,

@@ -1,0 +1,65 @@
+"""Render screenshots of the viewer on a trace recorded with the bundled model.
+
+    xvfb-run -s "-screen 0 1280x800x24" python viewer/tools/screenshot.py [--out viewer/docs]
+
+Writes main.png (a token drilled down), playback.png (replay stopped half-way) and
+mean_profile.png (the aggregate tab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from entropylens_hf.models import default_model, demo_prompts_path
+from entropylens_hf.prompts import read_prompts, record_prompts
+from entropylens_hf.recorder import EntropyLens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    trace = Path(tempfile.mkdtemp()) / "demo.h5"
+    model, tokenizer = default_model()
+    lens = EntropyLens(model, tokenizer, top_k=10, model_name="entropylens-hf default model")
+    record_prompts(lens, read_prompts(demo_prompts_path()), trace, progress=False, max_new_tokens=24, do_sample=False)
+
+    from PySide6 import QtWidgets
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    from entropylens_viewer.app import MainWindow
+
+    window = MainWindow()
+    window.live_timer.stop()
+    window.resize(1280, 800)
+    window.show()
+    window.open_path(trace)
+    state = window.state
+    state.select_sequence(0)
+    seq = state.sequence
+    row = int(seq.is_generated.argmax()) + 1
+    state.select_row(row)
+    state.set_layer(state.num_layers - 2)
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(args.out / "main.png"))
+
+    state.select_sequence(2)
+    state.select_row(int(state.sequence.is_generated.argmax()))
+    state.set_layer(state.num_layers // 2)
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(args.out / "playback.png"))
+
+    window.tabs.setCurrentIndex(1)
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(args.out / "mean_profile.png"))
+    print(f"screenshots in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
