@@ -46,7 +46,7 @@ _EXPORTS = {
     "format_classification": ".classify",
     "Fingerprint": ".fingerprint",
     "embed_2d": ".fingerprint",
-    "fingerprint": ".fingerprint",
+    "fingerprint_traces": ".fingerprint",
     "plot_fingerprint": ".fingerprint",
     "MultipleChoiceItem": ".evaluation",
     "read_multiple_choice": ".evaluation",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
                            layer_dynamics, step_kinds, top_layers)
     from .evaluation import (MultipleChoiceItem, multiple_choice_accuracy, next_token_accuracy, read_multiple_choice,
                              text_profiles)
-    from .fingerprint import Fingerprint, embed_2d, fingerprint, plot_fingerprint
+    from .fingerprint import Fingerprint, embed_2d, fingerprint_traces, plot_fingerprint
     from .profiles import (GroupProfile, ProfileSet, group_profiles, normalized_depth, profile_matrix, rescale_depth,
                            sequence_profile, token_profiles, window_means)
     from .skipping import SkipExperiment, format_skip_experiment, skip_experiment, skip_layers

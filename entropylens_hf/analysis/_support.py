@@ -13,7 +13,7 @@ from ..errors import EntropyLensError
 
 __all__ = ["AnalysisError", "require"]
 
-_EXTRA_OF = {"sklearn": "analysis", "scipy": "analysis", "matplotlib": "plots"}
+_EXTRA_OF = {"sklearn": "analysis", "scipy": "analysis", "threadpoolctl": "analysis", "matplotlib": "plots"}
 _PIP_NAME = {"sklearn": "scikit-learn"}
 
 

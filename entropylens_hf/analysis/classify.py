@@ -109,6 +109,8 @@ def knn_cross_validate(
     if counts.min() < 2:
         rare = ", ".join(f"{n!r}" for n, c in zip(names, counts) if c < 2)
         raise AnalysisError(f"{what}: class {rare} has a single member; cross-validation needs at least 2 per class")
+    if folds < 2:
+        raise AnalysisError(f"cross-validation needs at least 2 folds, got {folds}")
     if not np.isfinite(X).all():
         raise AnalysisError(f"{what}: features contain NaN or infinite values")
     n_folds = int(min(folds, counts.min()))
@@ -119,10 +121,13 @@ def knn_cross_validate(
     splitter = model_selection.StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     scores: dict[str, list[float]] = {"acc": [], "auc": [], "base_acc": [], "base_auc": []}
     k_used = k
+    # One generator for all folds: a fixed seed per fold would repeat the dummy's guesses fold after
+    # fold, which on data ordered by class biases its score and shrinks its spread.
+    dummy_rng = np.random.RandomState(seed)
     for train, test in splitter.split(X, y):
         k_used = min(k, len(train))
         knn = neighbors.KNeighborsClassifier(n_neighbors=k_used, metric="euclidean").fit(X[train], y[train])
-        base = dummy.DummyClassifier(strategy="stratified", random_state=seed).fit(X[train], y[train])
+        base = dummy.DummyClassifier(strategy="stratified", random_state=dummy_rng).fit(X[train], y[train])
         for prefix, clf in (("", knn), ("base_", base)):
             proba = np.zeros((len(test), len(names)))
             proba[:, clf.classes_] = clf.predict_proba(X[test])

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from ..errors import EntropyLensError
 
-__all__ = ["register"]
+__all__ = ["register", "BUNDLED_MC"]
+
+BUNDLED_MC = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "mc_pydoc_cloze.jsonl"
 
 
 def _alpha(text: str) -> float:
@@ -56,16 +58,15 @@ def _read_texts(path: str) -> list[str]:
     return paragraphs
 
 
-def _default_texts(model: str) -> list[str]:
-    """Held-out text shipped with the bundled model, the default evaluation for ``skip-eval default``."""
-    if model == "default":
-        from ..models import default_model_path
+def _default_texts() -> list[str]:
+    """Held-out text: the passages of the bundled multiple-choice set, each followed by its answer.
 
-        for name in ("heldout.txt", "held_out.txt", "validation.txt"):
-            candidate = Path(default_model_path()) / name
-            if candidate.is_file():
-                return _read_texts(str(candidate))
-    raise EntropyLensError("give --mc FILE.jsonl (multiple choice) or --text FILE (held-out text for next-token accuracy)")
+    They are Python-documentation paragraphs held out from the training of the bundled model
+    (``tools/train_model.py`` holds out every 20th document).
+    """
+    from .evaluation import read_multiple_choice
+
+    return [item.answer_text for item in read_multiple_choice(BUNDLED_MC)]
 
 
 def cmd_skip_eval(args: argparse.Namespace) -> int:
@@ -75,8 +76,8 @@ def cmd_skip_eval(args: argparse.Namespace) -> int:
     from .evaluation import read_multiple_choice
     from .skipping import format_skip_experiment, skip_experiment
 
-    items = read_multiple_choice(args.mc) if args.mc else None
-    texts = None if items is not None else (_read_texts(args.text) if args.text else _default_texts(args.model))
+    items = read_multiple_choice(args.mc)[: args.limit] if args.mc else None
+    texts = None if items is not None else (_read_texts(args.text) if args.text else _default_texts())[: args.limit]
     model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     profile, source = None, ""
     if args.trace:
@@ -99,14 +100,14 @@ def cmd_skip_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from .fingerprint import fingerprint, plot_fingerprint
+    from .fingerprint import fingerprint_traces, plot_fingerprint
 
     out = Path(args.out)
     if args.points < 2:
         raise EntropyLensError(f"--points {args.points}: at least 2 depth points are needed")
     if not out.parent.exists():
         raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
-    result = fingerprint(args.traces, method=args.method, points=args.points, alpha=args.alpha, seed=args.seed)
+    result = fingerprint_traces(args.traces, method=args.method, points=args.points, alpha=args.alpha, seed=args.seed)
     plot_fingerprint(result, out)
     counts = {m: result.models.count(m) for m in dict.fromkeys(result.models)}
     print(f"{sum(counts.values())} profiles of {len(counts)} model(s) embedded with {args.method} into {out}")
@@ -132,12 +133,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     skip.add_argument("model", help="local model folder, or 'default' for the bundled model")
     skip.add_argument("--mc", default=None, metavar="FILE.jsonl",
                       help='multiple-choice questions, one JSON per line: {"question": ..., "choices": [...], "answer": index}')
-    skip.add_argument("--text", default=None, metavar="FILE", help="held-out text (paragraphs separated by blank lines) for next-token accuracy")
+    skip.add_argument("--text", default=None, metavar="FILE",
+                      help="held-out text (paragraphs separated by blank lines) for next-token accuracy; default: the "
+                           "held-out documentation passages of the bundled multiple-choice set")
     skip.add_argument("--trace", default=None, help="rank layers by this trace's mean profile (default: the model on the evaluation texts)")
     skip.add_argument("--n-layers", type=_positive, default=1, help="layers skipped per condition (default 1)")
     skip.add_argument("--seeds", type=_positive, default=5, help="random-layer draws for the control (default 5)")
     skip.add_argument("--seed", type=int, default=0)
     skip.add_argument("--max-length", type=_positive, default=128, help="tokens per text piece (default 128)")
+    skip.add_argument("--limit", type=_positive, default=None, help="evaluate only the first N questions or paragraphs")
     skip.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     skip.set_defaults(func=cmd_skip_eval)
 

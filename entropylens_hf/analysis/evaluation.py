@@ -94,8 +94,8 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad) if pad is not None else 0
 
 
-def _batches(sequences: Sequence[list[int]], batch_size: int, pad_id: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Right-padded batches ``(which, input_ids, attention_mask)``, sequences sorted by nothing (order kept)."""
+def _batches(sequences: Sequence[list[int]], batch_size: int, pad_id: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Right-padded batches ``(input_ids, attention_mask)`` of consecutive sequences, in order."""
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
         width = max(len(s) for s in chunk)
@@ -104,15 +104,15 @@ def _batches(sequences: Sequence[list[int]], batch_size: int, pad_id: int) -> It
         for row, seq in enumerate(chunk):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
-        yield slice(start, start + len(chunk)), ids, mask
+        yield ids, mask
 
 
 @torch.no_grad()
 def _token_log_likelihoods(model: torch.nn.Module, sequences: Sequence[list[int]], pad_id: int, batch_size: int) -> list[np.ndarray]:
-    """Per sequence ``[n - 1]``: log p(token t | tokens < t) for t = 1..n-1, and whether it was the argmax."""
+    """Per sequence ``[2, n - 1]``: log p(token t | tokens < t) for t = 1..n-1, and 1.0 where t was the argmax."""
     device = _device(model)
     out: list[np.ndarray] = []
-    for _, ids, mask in _batches(sequences, batch_size, pad_id):
+    for ids, mask in _batches(sequences, batch_size, pad_id):
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         log_p = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = ids[:, 1:].to(device)
@@ -168,17 +168,21 @@ def multiple_choice_accuracy(
     return MultipleChoiceScore(float(np.mean(hits)), float(np.mean(hits_norm)), len(items))
 
 
-def _text_chunks(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Each text's tokens cut into pieces of at most ``max_length`` (pieces shorter than 2 dropped)."""
+def _text_chunks(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], list[int]]:
+    """Each text's tokens cut into pieces of at most ``max_length`` (pieces shorter than 2 dropped),
+    and the index of the text each piece came from."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}")
-    chunks = []
-    for text in texts:
+    chunks, owners = [], []
+    for index, text in enumerate(texts):
         ids = list(tokenizer(text)["input_ids"])
-        chunks += [ids[i : i + max_length] for i in range(0, len(ids), max_length) if len(ids[i : i + max_length]) >= 2]
+        for start in range(0, len(ids), max_length):
+            if len(ids[start : start + max_length]) >= 2:
+                chunks.append(ids[start : start + max_length])
+                owners.append(index)
     if not chunks:
         raise AnalysisError("the evaluation texts hold no sequence of at least 2 tokens")
-    return chunks
+    return chunks, owners
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ def next_token_accuracy(
     model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 16
 ) -> NextTokenScore:
     """How often the model's top-1 prediction is the next token of ``texts`` (cut into ``max_length`` pieces)."""
-    scores = np.concatenate(_token_log_likelihoods(model, _text_chunks(tokenizer, texts, max_length), _pad_id(tokenizer), batch_size), axis=1)
+    chunks, _ = _text_chunks(tokenizer, texts, max_length)
+    scores = np.concatenate(_token_log_likelihoods(model, chunks, _pad_id(tokenizer), batch_size), axis=1)
     return NextTokenScore(accuracy=float(scores[1].mean()), nll=float(-scores[0].mean()), n_tokens=int(scores.shape[1]))
 
 
@@ -207,23 +212,32 @@ def text_profiles(
     alpha: float | None = None,
     max_length: int = 128,
     batch_size: int = 16,
+    per_text: bool = False,
     lens: LogitLens | None = None,
-) -> np.ndarray:
+) -> np.ndarray | list[np.ndarray]:
     """Token profiles ``[tokens, L]`` of the model reading ``texts`` (every position, no generation).
 
     The same logit lens as the recorder, applied to a teacher-forced forward pass: cheap, and
-    what a skipping experiment ranks layers by when no trace is given.
+    what a skipping experiment ranks layers by when no trace is given. ``per_text=True`` returns
+    one ``[tokens_i, L]`` array per text instead (empty for a text of fewer than 2 tokens).
     """
     lens = lens or LogitLens.from_model(model)
     device = _device(model)
+    chunks, owners = _text_chunks(tokenizer, texts, max_length)
     rows = []
     with ResidualCapture(lens.layers) as capture:
-        for _, ids, mask in _batches(_text_chunks(tokenizer, texts, max_length), batch_size, _pad_id(tokenizer)):
+        for ids, mask in _batches(chunks, batch_size, _pad_id(tokenizer)):
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
             keep = mask.bool().to(device)
             per_layer = []
             for residual in capture.residuals:
                 logits = lens.project(residual[keep])
                 per_layer.append(entropy(logits) if alpha is None or float(alpha) == 1.0 else renyi_entropy(logits, float(alpha)))
-            rows.append(torch.stack(per_layer, dim=-1).cpu().numpy())
-    return np.concatenate(rows, axis=0).astype(np.float64)
+            values = torch.stack(per_layer, dim=-1).cpu().numpy().astype(np.float64)
+            rows += np.split(values, np.cumsum(mask.sum(dim=1).tolist())[:-1])
+    if not per_text:
+        return np.concatenate(rows, axis=0)
+    grouped: list[list[np.ndarray]] = [[] for _ in texts]
+    for owner, piece in zip(owners, rows):
+        grouped[owner].append(piece)
+    return [np.concatenate(g) if g else np.zeros((0, lens.num_layers)) for g in grouped]

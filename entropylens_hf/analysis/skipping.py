@@ -145,7 +145,10 @@ def skip_experiment(
         profile_source = profile_source or "mean profile of the model on the evaluation texts"
     profile = np.asarray(profile, dtype=np.float64)
     if profile.shape != (depth + 1,):
-        raise ValueError(f"profile must have {depth + 1} lens layers for this model, got shape {profile.shape}")
+        raise ValueError(
+            f"the profile has shape {profile.shape}, but this model's profiles have {depth + 1} lens layers "
+            f"(embeddings + {depth} decoder layers); rank layers with a profile of the same model"
+        )
 
     if items is not None:
         metrics = ("accuracy", "accuracy (length-normalised)")

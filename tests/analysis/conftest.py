@@ -5,13 +5,26 @@ import math
 import pytest
 import torch
 
-from model_zoo import tiny_model
+import transformers as tf
+
+from model_zoo import FAMILIES
 
 from entropylens_hf import EntropyLens
 
 
-def _record(path, family, n, new_tokens, seed, labels):
-    model = tiny_model(family, seed=seed)
+def _model(family, layers, seed):
+    config = FAMILIES[family]()
+    config.num_hidden_layers = layers
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random init is near-uniform; give the lens something to see
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def _record(path, family, layers, n, new_tokens, seed, labels):
+    model = _model(family, layers, seed)
     lens = EntropyLens(model, None, top_k=3, renyi_alphas=[0, 2, math.inf], model_name=f"tiny-{family}")
     ids = torch.randint(3, 128, (n, 5), generator=torch.Generator().manual_seed(seed))
     labels = labels or [{"task": "ab"[i % 2], "format": "xyz"[i % 3]} for i in range(n)]
@@ -23,15 +36,15 @@ def _record(path, family, n, new_tokens, seed, labels):
 
 @pytest.fixture(scope="session")
 def make_trace(tmp_path_factory):
-    """``make_trace(name, family="llama", n=24, new_tokens=8, seed=0, labels=None)`` -> path of a recorded trace.
+    """``make_trace(name, family="llama", layers=2, n=24, new_tokens=8, seed=0, labels=None)`` -> a recorded trace's path.
 
     Prompts are 5 random tokens; generation samples ``new_tokens`` tokens (no EOS stop);
     default labels: ``task`` alternates a/b, ``format`` cycles x/y/z. Rényi orders 0, 2, inf.
     """
     folder = tmp_path_factory.mktemp("traces")
 
-    def make(name, family="llama", n=24, new_tokens=8, seed=0, labels=None):
-        return _record(folder / name, family, n, new_tokens, seed, labels)
+    def make(name, family="llama", layers=2, n=24, new_tokens=8, seed=0, labels=None):
+        return _record(folder / name, family, layers, n, new_tokens, seed, labels)
 
     return make
 

@@ -81,3 +81,14 @@ def test_format_classification_prints_one_row_per_result_with_baseline_and_p():
     assert lines[2].startswith("task") and lines[3].startswith("format")
     assert f"{a.roc_auc:.3f} ± {a.roc_auc_std:.3f}" in lines[2]
     assert "paired t-test" in lines[-1]
+
+
+def test_the_dummy_baseline_is_at_chance_on_data_ordered_by_class():
+    # Traces list prompts class by class. Guesses must differ from fold to fold, or the same
+    # draw meets the same class order in every test fold. 160 samples: sd of the mean
+    # accuracy under chance ~ sqrt(.25 * .75 / 160) = 0.034; the band is 3.5 sd.
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(160, 6))
+    r = knn_cross_validate(X, np.repeat(["a", "b", "c", "d"], 40))
+    assert abs(r.baseline_accuracy - 0.25) < 0.12
+    assert len(set(r.baseline_fold_accuracy)) > 3

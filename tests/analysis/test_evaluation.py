@@ -77,6 +77,20 @@ def test_text_profiles_equal_the_recorders_prompt_rows(model_and_tokenizer):
     assert profiles.shape == (n + len(tokenizer("import os")["input_ids"]), 3)
 
 
+def test_text_profiles_per_text_split_the_rows_by_text_also_across_pieces(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    texts = ["the quick brown fox jumps over the lazy dog", "import os", "x"]
+    whole = text_profiles(model, tokenizer, texts, max_length=4, batch_size=3)
+    parts = text_profiles(model, tokenizer, texts, max_length=4, batch_size=3, per_text=True)
+    lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+    kept = [sum(min(4, n - s) for s in range(0, n, 4) if n - s >= 2) for n in lengths]  # 1-token pieces dropped
+    assert [len(p) for p in parts] == kept and lengths[0] > 4 and kept[2] == 0
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # each 4-token piece is read on its own: the first piece of text 0 equals reading it alone
+    alone = text_profiles(model, tokenizer, [tokenizer.decode(tokenizer(texts[0])["input_ids"][:4])])
+    np.testing.assert_allclose(parts[0][:4], alone[:4], atol=1e-5)
+
+
 def test_read_multiple_choice_reads_the_documented_format_and_names_bad_lines(tmp_path):
     good = tmp_path / "mc.jsonl"
     good.write_text(json.dumps({"question": "2 + 2 =", "choices": ["4", "5"], "answer": 0}) + "\n\n")

@@ -82,7 +82,7 @@ def test_out_of_range_indices_are_refused_and_nothing_is_left_hooked():
 
 def _items():
     return [MultipleChoiceItem(q, ("over the lazy dog", "import os", "return 0"), a) for q, a in
-            [("the quick brown fox jumps", 0), ("def main():", 2), ("the lazy", 0), ("import", 1)]] * 3
+            [("the quick brown fox jumps", 0), ("def main():", 2), ("the lazy", 0), ("import", 1)]]
 
 
 def test_skip_experiment_compares_none_expansion_pruning_and_random_layers(tiny_model_dir):
