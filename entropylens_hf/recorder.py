@@ -19,6 +19,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -93,6 +94,14 @@ class EntropyLens:
             model_config=cfg.to_diff_dict() if hasattr(cfg, "to_diff_dict") else {},
         )
 
+    def vocabulary(self) -> list[str]:
+        """Decoded text of every token id the lens can predict (stored once per trace file)."""
+        if self.tokenizer is None:
+            return []
+        n = min(len(self.tokenizer), self.lens.vocab_size)
+        texts = list(_token_texts(self.tokenizer, list(range(n))))
+        return texts + [""] * (self.lens.vocab_size - n)
+
     # -- recording
     @contextlib.contextmanager
     def record(self, path: str | os.PathLike | None = None, *, labels: Labels | None = None) -> Iterator["TraceRecorder"]:
@@ -101,7 +110,10 @@ class EntropyLens:
         Each finished call is written and flushed at once, so an interrupted run keeps
         every call completed before it. ``labels`` are attached to every sequence.
         """
-        writer = TraceWriter(path, self.metadata()) if path is not None else None
+        writer = None
+        if path is not None:
+            vocabulary = None if Path(path).exists() else self.vocabulary()
+            writer = TraceWriter(path, self.metadata(), vocabulary=vocabulary)
         recorder = TraceRecorder(self, writer, dict(labels or {}))
         model = self.model
         had_own_generate = "generate" in model.__dict__

@@ -31,6 +31,8 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
     /sequences/mean_profile float32 [S, L]      mean entropy per layer over the generated rows
     /sequences/meta_bytes + meta_end            JSON per sequence: prompt_text, labels, key
     /runs/meta_bytes + meta_end                 JSON per generate() call: settings, time
+    /vocabulary/text_bytes + text_end           decoded text of every token id (optional, written
+                                                once at creation), so top-k ids can be shown as text
 
 Row ``i`` of a sequence is the logit lens at input position ``first_target - 1 + i``, i.e. the
 distribution that predicted token ``first_target + i``.
@@ -236,9 +238,10 @@ class TraceWriter:
     first: its complete sequences are copied into a fresh file, partial data is dropped.
     """
 
-    def __init__(self, path: str | os.PathLike, metadata: TraceMetadata):
+    def __init__(self, path: str | os.PathLike, metadata: TraceMetadata, vocabulary: Sequence[str] | None = None):
         self.path = Path(path)
         self.metadata = metadata
+        self._vocabulary = vocabulary
         if self.path.exists():
             self._file = self._open_existing()
         else:
@@ -372,6 +375,10 @@ class TraceWriter:
             _create_column(seqs, "mean_profile", np.float32, (L,), 1024)
             _create_string_column(seqs, "meta")
             _create_string_column(f.create_group("runs"), "meta")
+            if self._vocabulary:
+                vocab = f.create_group("vocabulary")
+                _create_string_column(vocab, "text")
+                _append_strings(vocab, "text", list(self._vocabulary))
             f.flush()
             f.close()
             os.replace(tmp, self.path)
@@ -509,12 +516,13 @@ def recover_trace(path: str | os.PathLike) -> int:
         meta = src.metadata
         records = list(src)
         runs = src.runs()
+        vocabulary = src.vocabulary
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".recover", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
     try:
-        with TraceWriter(tmp, meta) as w:
+        with TraceWriter(tmp, meta, vocabulary=vocabulary) as w:
             for run in runs:
                 w._append_run(run)
             w.write(records)
@@ -545,6 +553,7 @@ class Trace:
         self.metadata = _read_metadata(file)
         self._index: dict[str, np.ndarray] = {}
         self._metas: list[dict[str, Any]] = []
+        self._vocabulary: list[str] | None = None
         self._load_index()
 
     @classmethod
@@ -683,6 +692,20 @@ class Trace:
     def num_rows(self) -> int:
         """Total rows (token x all lens layers each) over all complete sequences."""
         return int(self._index["row_count"].sum())
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Decoded text of every token id, as the recording tokenizer gave it ([] if not stored)."""
+        if self._vocabulary is None:
+            group = self._file.get("vocabulary")
+            n = group["text_end"].shape[0] if group is not None else 0
+            self._vocabulary = _read_string_column(group, "text", 0, n) if n else []
+        return self._vocabulary
+
+    def token_text(self, token_id: int) -> str | None:
+        """Text of one token id (e.g. a top-k prediction), or None if the trace has no vocabulary."""
+        vocab = self.vocabulary
+        return vocab[token_id] if 0 <= token_id < len(vocab) else None
 
     def runs(self) -> list[dict[str, Any]]:
         """Settings of every ``generate()`` call recorded in the file."""

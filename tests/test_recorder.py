@@ -274,6 +274,20 @@ def test_real_tokenizer_texts_are_stored(tmp_path):
     assert rec.prompt_text.strip() == "import os"
 
 
+def test_trace_stores_the_vocabulary_so_top_k_ids_read_as_text(tmp_path):
+    tokenizer = pytest.importorskip("entropylens_hf.models").default_model()[1]
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(tokenizer))
+    inputs = tokenizer(["import os"], return_tensors="pt")
+    EntropyLens(model, tokenizer, top_k=3).generate(**inputs, **FIXED, trace=tmp_path / "v.h5")
+    with Trace.open(tmp_path / "v.h5") as trace:
+        seq = trace[0]
+        assert len(trace.vocabulary) == model.config.vocab_size
+        for token_id in seq.topk_ids[-1, :, 0]:
+            assert trace.token_text(int(token_id)) == tokenizer.decode([int(token_id)])
+        assert trace.token_text(-1) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bfloat16_recording_matches_cpu_within_bf16_tolerance():
     model = tiny_model("llama")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from entropylens_hf.errors import TraceError
-from entropylens_hf.trace import SCHEMA_VERSION, SequenceRecord, Trace, TraceMetadata, TraceWriter
+from entropylens_hf.trace import SCHEMA_VERSION, SequenceRecord, Trace, TraceMetadata, TraceWriter, recover_trace
 
 META = TraceMetadata(model_name="tiny", num_layers=3, layer_names=("embeddings", "layer 1", "layer 2"),
                      vocab_size=50, top_k=4, renyi_alphas=(2.0,))
@@ -51,6 +51,19 @@ def test_written_sequences_read_back_identically(tmp_path):
         assert trace[-1].index == 1
         with pytest.raises(IndexError):
             trace[2]
+
+
+def test_a_trace_without_a_stored_vocabulary_reads_none_and_one_with_it_survives_recovery(tmp_path):
+    with TraceWriter(tmp_path / "plain.h5", META) as w:
+        w.write([make_record(5, 2, 0)])
+    with Trace.open(tmp_path / "plain.h5") as trace:
+        assert trace.vocabulary == [] and trace.token_text(3) is None
+    vocab = [f"w{i} é" for i in range(50)]
+    with TraceWriter(tmp_path / "v.h5", META, vocabulary=vocab) as w:
+        w.write([make_record(5, 2, 0)])
+    recover_trace(tmp_path / "v.h5")
+    with Trace.open(tmp_path / "v.h5") as trace:
+        assert trace.vocabulary == vocab and trace.token_text(7) == "w7 é" and len(trace) == 1
 
 
 def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path):
@@ -151,6 +164,7 @@ def test_a_writer_killed_mid_run_leaves_every_finished_sequence(tmp_path):
     extra = SequenceRecord(**{**extra.__dict__, "topk_ids": extra.topk_ids[:, :, :4], "renyi": np.zeros((4, 0, 3))})
     with TraceWriter(path, meta) as w:
         assert w.write([extra]) == [kept]
+        assert w.num_sequences == kept + 1
     with Trace.open(path) as trace:
         assert len(trace) == kept + 1
         assert [trace[i].token_ids.tolist() for i in range(5)] == finished

@@ -76,7 +76,7 @@ class MainWindow(QtWidgets.QMainWindow):
         token_panel.addWidget(self.profile)
         token_panel.addWidget(self.topk)
         token_panel.addWidget(self.chosen)
-        token_panel.setSizes([400, 260, 400])
+        token_panel.setSizes([360, 230, 360])
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(token_panel, "token")
         self.tabs.addTab(self.aggregate, "mean profile")
@@ -120,6 +120,7 @@ class MainWindow(QtWidgets.QMainWindow):
         file.addSeparator()
         file.addAction("Export heatmap as PNG/SVG…", lambda: self.export_plot_dialog(self.heatmap))
         file.addAction("Export token profile as PNG/SVG…", lambda: self.export_plot_dialog(self.profile))
+        file.addAction("Export chosen-token plot as PNG/SVG…", lambda: self.export_plot_dialog(self.chosen))
         file.addAction("Export mean profile as PNG/SVG…", lambda: self.export_plot_dialog(self.aggregate))
         file.addAction("Export comparison as PNG/SVG…", lambda: self.export_plot_dialog(self.compare))
         file.addAction("Export visible sequences as CSV…", self.export_csv_dialog)
@@ -238,7 +239,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status.showMessage(text)
 
     # ------------------------------------------------------------------ export
-    def export_plot(self, plot: pg.PlotWidget, path: str | Path) -> None:
+    def export_plot(self, plot: pg.GraphicsView, path: str | Path) -> None:
         """Save a plot as PNG or SVG (by extension)."""
         path = Path(path)
         if path.suffix.lower() == ".svg":
@@ -252,9 +253,10 @@ class MainWindow(QtWidgets.QMainWindow):
             plot.render(painter)
             painter.end()
         else:
-            pg.exporters.ImageExporter(plot.getPlotItem()).export(str(path))
+            # The whole scene, so a heatmap's colour bar and multi-panel plots come along.
+            pg.exporters.ImageExporter(plot.scene()).export(str(path))
 
-    def export_plot_dialog(self, plot: pg.PlotWidget) -> None:
+    def export_plot_dialog(self, plot: pg.GraphicsView) -> None:
         path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export plot", "plot.png", "PNG (*.png);;SVG (*.svg)")
         if path:
             self.export_plot(plot, path)

@@ -71,8 +71,10 @@ class OpenTrace:
         return record
 
     def token_text(self, token_id: int) -> str:
-        """Text of a token id if it occurs in a loaded sequence, else ``#id`` (no tokenizer is loaded)."""
-        text = self._vocab.get(int(token_id))
+        """Text of a token id from the trace's stored vocabulary, else from loaded sequences, else ``#id``."""
+        text = self.trace.token_text(int(token_id))
+        if text is None:
+            text = self._vocab.get(int(token_id))
         return visible_token(text) if text is not None else f"#{int(token_id)}"
 
     def close(self) -> None:

@@ -14,6 +14,17 @@ pg.setConfigOptions(antialias=True, background="w", foreground="k", imageAxisOrd
 
 EXPANSION_BRUSH = (214, 39, 40, 60)  # entropy rises: more candidates
 PRUNING_BRUSH = (31, 119, 180, 60)  # entropy falls: fewer candidates
+
+
+def _css(rgba: tuple[int, int, int, int]) -> str:
+    """An opaque CSS colour for legend text in titles."""
+    return "#%02x%02x%02x" % rgba[:3]
+
+
+def _integer_ticks(plot: pg.PlotWidget, count: int) -> None:
+    """Ticks on whole layers, about eight of them whatever the depth."""
+    step = max(1, round(count / 8))
+    plot.getAxis("bottom").setTickSpacing(major=step, minor=1 if step > 1 else step)
 PROMPT_BRUSH = (128, 128, 128, 40)
 MAX_TICK_LABELS = 60
 
@@ -262,10 +273,7 @@ class ProfilePlot(pg.PlotWidget):
         self.state = state
         self.setLabel("left", "entropy (nats)")
         self.setLabel("bottom", "layer (0 = embeddings)")
-        self.addLegend(offset=(-10, 10))
-        self.curve = self.plot([], [], pen=pg.mkPen("k", width=2), symbol="o", symbolSize=5, name="entropy")
-        self.plot([], [], pen=None, fillLevel=0, brush=EXPANSION_BRUSH, name="expansion (H rises)")
-        self.plot([], [], pen=None, fillLevel=0, brush=PRUNING_BRUSH, name="pruning (H falls)")
+        self.curve = self.plot([], [], pen=pg.mkPen("k", width=2), symbol="o", symbolSize=5)
         self.layer_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), style=QtCore.Qt.DashLine))
         self.addItem(self.layer_line)
         self.regions: list[pg.LinearRegionItem] = []
@@ -283,6 +291,7 @@ class ProfilePlot(pg.PlotWidget):
             self.setTitle("click a token in the heatmap")
             return
         profile = seq.entropy[row]
+        _integer_ticks(self, len(profile))
         self.curve.setData(np.arange(len(profile)), profile)
         for layer, step in enumerate(np.diff(profile)):
             brush = EXPANSION_BRUSH if step > 0 else PRUNING_BRUSH
@@ -290,7 +299,9 @@ class ProfilePlot(pg.PlotWidget):
             region.setZValue(-10)
             self.addItem(region)
             self.regions.append(region)
-        self.setTitle(html.escape(f"token {visible_token(seq.token_texts[seq.first_target + row])!r}"))
+        token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
+        self.setTitle(f"token {token} &nbsp; <span style='color:{_css(EXPANSION_BRUSH)}'>&#9632; expansion</span>"
+                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>", size="10pt")
         self.layer_line.setPos(self.state.layer)
 
 
@@ -320,26 +331,26 @@ class TopKTable(QtWidgets.QTableWidget):
         return [tuple(self.item(r, c).text() for c in range(3)) for r in range(self.rowCount())]
 
 
-class ChosenTokenPlot(pg.PlotWidget):
-    """Probability (left) and rank (right, log scale) of the finally chosen token across layers."""
+class ChosenTokenPlot(pg.GraphicsLayoutWidget):
+    """Probability (top) and rank (bottom, log scale) of the finally chosen token across layers."""
 
     def __init__(self, state: ViewerState):
         super().__init__()
         self.state = state
-        self.setLabel("left", "probability of the chosen token")
-        self.setLabel("bottom", "layer")
-        self.setYRange(0, 1)
-        self.prob = self.plot([], [], pen=pg.mkPen((31, 119, 180), width=2), symbol="o", symbolSize=5)
-        self.rank_view = pg.ViewBox()
-        item = self.getPlotItem()
-        item.showAxis("right")
-        item.scene().addItem(self.rank_view)
-        item.getAxis("right").linkToView(self.rank_view)
-        item.getAxis("right").setLabel("log10(rank + 1)", color="#d62728")
-        self.rank_view.setXLink(item)
-        self.rank = pg.PlotCurveItem(pen=pg.mkPen((214, 39, 40), width=2, style=QtCore.Qt.DashLine))
-        self.rank_view.addItem(self.rank)
-        item.getViewBox().sigResized.connect(lambda: self.rank_view.setGeometry(item.getViewBox().sceneBoundingRect()))
+        self.setBackground("w")
+        self.title = self.addLabel("", row=0, col=0, size="10pt", color="k")
+        self.prob_plot = self.addPlot(row=1, col=0)
+        self.prob_plot.setLabel("left", "probability")
+        self.prob_plot.setYRange(0, 1)
+        self.prob = self.prob_plot.plot([], [], pen=pg.mkPen((31, 119, 180), width=2), symbol="o", symbolSize=5,
+                                        symbolBrush=(31, 119, 180))
+        self.rank_plot = self.addPlot(row=2, col=0)
+        self.rank_plot.setLabel("left", "rank + 1")
+        self.rank_plot.setLabel("bottom", "layer (0 = embeddings)")
+        self.rank_plot.setLogMode(y=True)
+        self.rank_plot.setXLink(self.prob_plot)
+        self.rank = self.rank_plot.plot([], [], pen=pg.mkPen((214, 39, 40), width=2), symbol="o", symbolSize=5,
+                                        symbolBrush=(214, 39, 40))
         state.row_changed.connect(self.redraw)
         state.sequence_changed.connect(self.redraw)
 
@@ -348,12 +359,15 @@ class ChosenTokenPlot(pg.PlotWidget):
         if seq is None or row is None:
             self.prob.setData([], [])
             self.rank.setData([], [])
+            self.title.setText("chosen token")
             return
         layers = np.arange(seq.entropy.shape[1])
+        step = max(1, round(len(layers) / 8))
+        self.rank_plot.getAxis("bottom").setTickSpacing(major=step, minor=1 if step > 1 else step)
         self.prob.setData(layers, seq.target_prob[row])
-        self.rank.setData(layers, np.log10(seq.target_rank[row] + 1.0))
-        self.setTitle(html.escape(f"chosen token {visible_token(seq.token_texts[seq.first_target + row])!r}: "
-                                  f"rank {int(seq.target_rank[row, -1])} at the last layer"))
+        self.rank.setData(layers, seq.target_rank[row] + 1.0)
+        token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
+        self.title.setText(f"chosen token {token}: final rank {int(seq.target_rank[row, -1])}", size="10pt", color="k")
 
 
 # ---------------------------------------------------------------------- aggregate and compare
@@ -378,6 +392,7 @@ class AggregatePlot(pg.PlotWidget):
             return
         mean, std, count = self.state.mean_profile()
         x = np.arange(len(mean))
+        _integer_ticks(self, len(mean))
         self.mean.setData(x, mean)
         self.upper.setData(x, mean + std)
         self.lower.setData(x, mean - std)

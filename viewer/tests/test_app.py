@@ -116,7 +116,8 @@ def test_exports_png_svg_and_csv(window, recorded_trace, tmp_path):
     window.state.select_row(3)
     window.export_plot(window.heatmap, tmp_path / "h.png")
     window.export_plot(window.profile, tmp_path / "p.svg")
-    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    window.export_plot(window.chosen, tmp_path / "c.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in (tmp_path / "p.svg").read_text()
     rows = window.export_csv(tmp_path / "d.csv")
     with Trace.open(recorded_trace) as trace:

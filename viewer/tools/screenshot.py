@@ -42,7 +42,7 @@ def main() -> None:
     seq = state.sequence
     row = int(seq.is_generated.argmax()) + 1
     state.select_row(row)
-    state.set_layer(state.num_layers - 2)
+    state.set_layer(state.num_layers - 1)
     for _ in range(5):
         app.processEvents()
     window.grab().save(str(args.out / "main.png"))
