@@ -282,23 +282,30 @@ class ProfilePlot(pg.PlotWidget):
         state.layer_changed.connect(lambda: self.layer_line.setPos(self.state.layer))
 
     def redraw(self) -> None:
-        for region in self.regions:
-            self.removeItem(region)
-        self.regions = []
         seq, row = self.state.sequence, self.state.row
         if seq is None or row is None:
             self.curve.setData([], [])
+            for region in self.regions:
+                region.hide()
             self.setTitle("click a token in the heatmap")
             return
         profile = seq.entropy[row]
         _integer_ticks(self, len(profile))
         self.curve.setData(np.arange(len(profile)), profile)
-        for layer, step in enumerate(np.diff(profile)):
-            brush = EXPANSION_BRUSH if step > 0 else PRUNING_BRUSH
-            region = pg.LinearRegionItem((layer, layer + 1), movable=False, brush=brush, pen=pg.mkPen(None))
+        # Regions are reused, never re-created: cheaper, and nothing is left for Qt to leak.
+        steps = np.diff(profile)
+        while len(self.regions) < len(steps):
+            region = pg.LinearRegionItem(movable=False, pen=pg.mkPen(None))
             region.setZValue(-10)
             self.addItem(region)
             self.regions.append(region)
+        for layer, region in enumerate(self.regions):
+            if layer < len(steps):
+                region.setRegion((layer, layer + 1))
+                region.setBrush(EXPANSION_BRUSH if steps[layer] > 0 else PRUNING_BRUSH)
+                region.show()
+            else:
+                region.hide()
         token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
         self.setTitle(f"token {token} &nbsp; <span style='color:{_css(EXPANSION_BRUSH)}'>&#9632; expansion</span>"
                       f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>", size="10pt")

@@ -131,3 +131,17 @@ def test_the_viewer_never_imports_torch(recorded_trace):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="None is immortal from Python 3.12: no count to corrupt")
+def test_scrubbing_does_not_corrupt_the_interpreter(window, recorded_trace):
+    # PySide6 6.12.0 drops a reference to None on every repaint of some pyqtgraph items; the count
+    # reaches zero after a few hundred clicks and Python aborts. A working binding never lowers it.
+    window.open_path(recorded_trace)
+    state = window.state
+    before = sys.getrefcount(None)
+    for i in range(60):
+        state.select_row(i % 3)
+        state.set_layer(i % state.num_layers)
+        QtWidgets.QApplication.processEvents()
+    assert sys.getrefcount(None) >= before
