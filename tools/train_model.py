@@ -6,7 +6,8 @@ which allows redistribution of derived works. The Sphinx reST sources it ships
 (``html/_sources/**/*.rst.txt``) are cleaned of markup into plain text.
 
     apt-get install python3-doc
-    python tools/train_model.py --out entropylens_hf/assets/default_model            # the bundled model
+    python tools/train_model.py --out entropylens_hf/assets/default_model --steps 800 \\
+        --untie-embeddings --save-dtype float16                                       # the bundled model
     python tools/train_model.py --arch gpt2 --layers 4 --d-model 192 --steps 300 \\
         --tokenizer entropylens_hf/assets/default_model --out examples/models/gpt2-4l  # other families
 
