@@ -351,6 +351,11 @@ def _p(p: float) -> str:
     return "n/a" if math.isnan(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
+def _layer(index: int) -> str:
+    """A layer index, or 'none' where no step of that sign exists (-1)."""
+    return "none" if index < 0 else str(index)
+
+
 def _verdict(ok: bool, partial: bool = False) -> str:
     return "**holds**" if ok else ("**partly holds**" if partial else "**does not hold**")
 
@@ -450,9 +455,12 @@ def main(argv=None) -> int:
             if not next(iter(kwargs.values())):
                 continue
             for n in sorted({1, max(1, m.depth // 4)}):
-                exp = skip_experiment(m.model, m.tokenizer, n_layers=n, seeds=seeds, seed=args.seed, model_name=m.name,
-                                      **kwargs)
-                skips.append((m.name, what, n, exp))
+                # Also with the first layer kept out: in small models it does nearly all the pruning,
+                # and skipping it breaks the model whatever its entropy role.
+                for exclude in ((), (0,)):
+                    exp = skip_experiment(m.model, m.tokenizer, n_layers=n, seeds=seeds, seed=args.seed,
+                                          model_name=m.name, exclude=exclude, **kwargs)
+                    skips.append((m.name, what, n, exp))
     runtime = time.perf_counter() - t0
 
     write_report(out, args, models, prompts, new_tokens, traces, sets, dynamics, task_dynamics, family_result, model_result, distances,
@@ -477,9 +485,16 @@ def write_report(out, args, models, prompts, new_tokens, traces, sets, dynamics,
     rows = []
     for m in models:
         info = m.info
-        rows.append([m.name, m.family, str(m.depth), f"{m.params / 1e6:.2f} M",
-                     str(info.get("steps", "?")), str(info.get("final_val_loss", info.get("val_loss", "?")))])
-    w(_table(["model", "family", "decoder layers", "parameters", "training steps", "validation loss"], rows) + "\n")
+        ppl = info.get("held_out_perplexity")
+        tied = info.get("tied_embeddings", m.model.config.tie_word_embeddings)
+        rows.append([m.name, m.family, str(m.depth), str(info.get("d_model", "?")), "yes" if tied else "no",
+                     f"{m.params / 1e6:.2f} M", str(info.get("steps", "?")), f"{ppl:.1f}" if ppl else "?"])
+    w(_table(["model", "family", "decoder layers", "d_model", "tied embeddings", "parameters", "training steps",
+              "held-out perplexity"], rows) + "\n")
+    w("All models share the bundled model's tokenizer and corpus (`tools/train_model.py`). GPT-2 ties its input "
+      "and output embeddings, as the original does; the Llama models do not, as Llama does not. With tied "
+      "embeddings the lens at the embedding layer predicts the input token itself (low entropy), so the two "
+      "families differ from layer 0 on.\n")
     counts = {}
     for p in prompts:
         for key in ("task", "format"):
@@ -556,7 +571,7 @@ def write_report(out, args, models, prompts, new_tokens, traces, sets, dynamics,
     rows = []
     for m in models:
         d = dynamics[m.name]
-        rows.append([m.name, ", ".join(f"{s:+.2f}" for s in d.mean_steps), str(d.expansion_layer), str(d.pruning_layer),
+        rows.append([m.name, ", ".join(f"{s:+.2f}" for s in d.mean_steps), _layer(d.expansion_layer), _layer(d.pruning_layer),
                      ", ".join(f"{f:.2f}" for f in d.expansion_fraction)])
     w(_table(["model", "mean change per layer (nats)", "max expansion", "max pruning", "fraction of tokens expanding"],
              rows) + "\n")
@@ -568,7 +583,7 @@ def write_report(out, args, models, prompts, new_tokens, traces, sets, dynamics,
         cells = []
         for task in tasks:
             d = task_dynamics[m.name][task]
-            cells.append(f"{d.expansion_layer} / {d.pruning_layer} ({int(d.expansion_counts.argmax())} / "
+            cells.append(f"{_layer(d.expansion_layer)} / {_layer(d.pruning_layer)} ({int(d.expansion_counts.argmax())} / "
                          f"{int(d.pruning_counts.argmax())})")
         rows.append([m.name, *cells])
     w(_table(["model", *tasks], rows) + "\n")
@@ -596,20 +611,25 @@ def write_report(out, args, models, prompts, new_tokens, traces, sets, dynamics,
       "(mean ± std over seeds).\n")
     for name, what, n, exp in skips:
         w(f"```\n{format_skip_experiment(exp)}\n```\n")
-    mc_rows = [(name, n, exp) for name, what, n, exp in skips if what == "mc"]
-    if mc_rows:
-        wins = [exp.score(f"max expansion ({n})", "accuracy") < exp.score(f"max pruning ({n})", "accuracy")
-                for _, n, exp in mc_rows]
-        w(f"Criterion: multiple-choice accuracy after skipping the maximal-expansion layers is lower than after "
-          f"skipping the maximal-pruning layers. Holds in {sum(wins)} of {len(wins)} (model, n) cases. "
-          f"Verdict: {_verdict(all(wins), sum(wins) > len(wins) / 2)}.\n")
-    txt_rows = [(name, n, exp) for name, what, n, exp in skips if what == "text"]
-    if txt_rows:
-        wins = [exp.score(f"max expansion ({n})", "NLL (nats/token)") > exp.score(f"max pruning ({n})", "NLL (nats/token)")
-                for _, n, exp in txt_rows]
-        source = f"`{text_file}`" if text_file else "the passages of the multiple-choice questions"
-        w(f"On next-token prediction over held-out text ({source}), skipping expansion layers raised the "
-          f"loss more than skipping pruning layers in {sum(wins)} of {len(wins)} cases.\n")
+    for excluded, title in (((), "all layers may be skipped"), ((0,), "the first decoder layer kept")):
+        mc_rows = [(name, n, exp) for name, what, n, exp in skips if what == "mc" and exp.excluded == excluded]
+        txt_rows = [(name, n, exp) for name, what, n, exp in skips if what == "text" and exp.excluded == excluded]
+        if not mc_rows and not txt_rows:
+            continue
+        w(f"**{title.capitalize()}.**")
+        if mc_rows:
+            wins = [exp.score(f"max expansion ({n})", "accuracy") < exp.score(f"max pruning ({n})", "accuracy")
+                    for _, n, exp in mc_rows]
+            w(f"Criterion: multiple-choice accuracy after skipping the maximal-expansion layers is lower than after "
+              f"skipping the maximal-pruning layers. Holds in {sum(wins)} of {len(wins)} (model, n) cases. "
+              f"Verdict: {_verdict(all(wins), sum(wins) > len(wins) / 2)}.")
+        if txt_rows:
+            wins = [exp.score(f"max expansion ({n})", "NLL (nats/token)") > exp.score(f"max pruning ({n})", "NLL (nats/token)")
+                    for _, n, exp in txt_rows]
+            source = f"`{text_file}`" if text_file else "the passages of the multiple-choice questions"
+            w(f"On next-token prediction over held-out text ({source}), skipping expansion layers raised the "
+              f"loss more than skipping pruning layers in {sum(wins)} of {len(wins)} cases.")
+        w("")
     (out / "report.md").write_text("\n".join(L), encoding="utf-8")
 
 

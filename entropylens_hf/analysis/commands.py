@@ -25,6 +25,13 @@ def _alpha(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a Rényi order such as 0, 2 or inf, got {text!r}") from None
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0 or 0,1, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -92,7 +99,7 @@ def cmd_skip_eval(args: argparse.Namespace) -> int:
     try:
         result = skip_experiment(model, tokenizer, n_layers=args.n_layers, items=items, texts=texts, profile=profile,
                                  profile_source=source, seeds=args.seeds, seed=args.seed, max_length=args.max_length,
-                                 model_name=args.model)
+                                 model_name=args.model, exclude=args.exclude)
     except ValueError as exc:  # n_layers too large, a trace of another depth
         raise EntropyLensError(str(exc)) from None
     print(format_skip_experiment(result))
@@ -138,6 +145,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "held-out documentation passages of the bundled multiple-choice set")
     skip.add_argument("--trace", default=None, help="rank layers by this trace's mean profile (default: the model on the evaluation texts)")
     skip.add_argument("--n-layers", type=_positive, default=1, help="layers skipped per condition (default 1)")
+    skip.add_argument("--exclude", type=_layer_list, default=(), metavar="I,J",
+                      help="decoder layer indices never skipped, e.g. 0 to keep the first layer (default: none)")
     skip.add_argument("--seeds", type=_positive, default=5, help="random-layer draws for the control (default 5)")
     skip.add_argument("--seed", type=int, default=0)
     skip.add_argument("--max-length", type=_positive, default=128, help="tokens per text piece (default 128)")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..lens import resolve_decoder_layers
-from .dynamics import EXPANSION, PRUNING, entropy_steps, top_layers
+from .dynamics import EXPANSION, PRUNING, entropy_steps
 from .evaluation import MultipleChoiceItem, multiple_choice_accuracy, next_token_accuracy, text_profiles
 
 __all__ = ["skip_layers", "SkipCondition", "SkipExperiment", "skip_experiment", "format_skip_experiment"]
@@ -101,6 +101,7 @@ class SkipExperiment:
     mean_steps: np.ndarray
     profile_source: str
     conditions: tuple[SkipCondition, ...]
+    excluded: tuple[int, ...] = ()
 
     def score(self, condition: str, metric: str) -> float:
         """Mean score of ``metric`` under the condition named ``condition``."""
@@ -124,9 +125,14 @@ def skip_experiment(
     max_length: int = 128,
     batch_size: int = 16,
     model_name: str = "",
+    exclude: Sequence[int] = (),
 ) -> SkipExperiment:
     """Score ``model`` with no layers skipped, the ``n_layers`` of maximal expansion / pruning skipped,
     and ``n_layers`` random layers skipped (``seeds`` draws, mean ± std).
+
+    ``exclude``: layer indices never skipped, neither ranked nor drawn (e.g. ``[0]``: in small
+    models the first layer does most of the pruning and skipping it breaks everything, which
+    says little about pruning in general).
 
     Evaluates multiple-choice accuracy on ``items`` if given, else next-token accuracy on
     ``texts``. ``profile [L]`` ranks the layers (e.g. a trace's mean generated-token profile);
@@ -137,8 +143,13 @@ def skip_experiment(
         raise ValueError("give exactly one of items= (multiple choice) or texts= (next-token accuracy)")
     layers = resolve_decoder_layers(model)
     depth = len(layers)
-    if not 1 <= n_layers <= depth:
-        raise ValueError(f"n_layers must be between 1 and the {depth} decoder layers, got {n_layers}")
+    bad = sorted(int(i) for i in exclude if not 0 <= int(i) < depth)
+    if bad:
+        raise ValueError(f"exclude names layer indices {bad}, but the model has decoder layers 0..{depth - 1}")
+    candidates = np.array([i for i in range(depth) if i not in {int(j) for j in exclude}], dtype=int)
+    if not 1 <= n_layers <= len(candidates):
+        raise ValueError(f"n_layers must be between 1 and the {len(candidates)} decoder layers that may be skipped, "
+                         f"got {n_layers}")
     if profile is None:
         reading = [item.answer_text for item in items] if items is not None else list(texts)
         profile = text_profiles(model, tokenizer, reading, max_length=max_length, batch_size=batch_size).mean(axis=0)
@@ -166,11 +177,14 @@ def skip_experiment(
             return s.accuracy, s.nll
 
     rng = np.random.default_rng(seed)
+    steps = entropy_steps(profile)[candidates]
+    ranked = {kind: candidates[np.argsort(-kind * steps, kind="stable")[:n_layers]] for kind in (EXPANSION, PRUNING)}
     plans = [
         ("none", [()]),
-        (f"max expansion ({n_layers})", [tuple(int(i) for i in top_layers(profile, n_layers, EXPANSION))]),
-        (f"max pruning ({n_layers})", [tuple(int(i) for i in top_layers(profile, n_layers, PRUNING))]),
-        (f"random ({n_layers}) x{seeds}", [tuple(sorted(int(i) for i in rng.choice(depth, n_layers, replace=False))) for _ in range(seeds)]),
+        (f"max expansion ({n_layers})", [tuple(int(i) for i in ranked[EXPANSION])]),
+        (f"max pruning ({n_layers})", [tuple(int(i) for i in ranked[PRUNING])]),
+        (f"random ({n_layers}) x{seeds}",
+         [tuple(sorted(int(i) for i in rng.choice(candidates, n_layers, replace=False))) for _ in range(seeds)]),
     ]
     conditions = []
     for name, runs in plans:
@@ -190,6 +204,7 @@ def skip_experiment(
         mean_steps=entropy_steps(profile),
         profile_source=profile_source or "given profile",
         conditions=tuple(conditions),
+        excluded=tuple(sorted(int(i) for i in exclude)),
     )
 
 
@@ -205,8 +220,9 @@ def format_skip_experiment(experiment: SkipExperiment) -> str:
         rows.append((c.name, layers, *cells))
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
     steps = ", ".join(f"{i}:{s:+.2f}" for i, s in enumerate(experiment.mean_steps))
+    kept = f"; never skipped: {', '.join(map(str, experiment.excluded))}" if experiment.excluded else ""
     lines = [
-        f"{experiment.model_name}: {experiment.evaluation}; {experiment.num_decoder_layers} decoder layers",
+        f"{experiment.model_name}: {experiment.evaluation}; {experiment.num_decoder_layers} decoder layers{kept}",
         f"entropy change per layer index ({experiment.profile_source}): {steps}",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
         "  ".join("-" * w for w in widths),

@@ -104,6 +104,22 @@ def test_skip_experiment_compares_none_expansion_pruning_and_random_layers(tiny_
     assert "planted" in table and "max pruning (1)" in table and " ± " in table
 
 
+def test_excluded_layers_are_never_ranked_nor_drawn(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    profile = np.array([5.0, 6.0, 2.0])  # layers[0] expands most and layers[1] prunes; keep layers[0]
+    exp = skip_experiment(model, tokenizer, n_layers=1, items=_items(), profile=profile, seeds=4, exclude=[0])
+    assert exp.conditions[1].layers == ((1,),) and exp.conditions[2].layers == ((1,),)
+    assert all(draw == (1,) for draw in exp.conditions[3].layers)
+    assert "never skipped: 0" in format_skip_experiment(exp)
+    with pytest.raises(ValueError, match="decoder layers 0..1"):
+        skip_experiment(model, tokenizer, items=_items(), profile=profile, exclude=[2])
+    with pytest.raises(ValueError, match="1 decoder layers that may be skipped"):
+        skip_experiment(model, tokenizer, n_layers=2, items=_items(), profile=profile, exclude=[0])
+
+
 def test_skip_experiment_on_text_ranks_layers_by_the_models_own_profile(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
