@@ -291,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"entropylens {args.command}: interrupted; finished sequences are in the trace", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `entropylens info t.h5 | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
