@@ -116,14 +116,14 @@ class ViewerState:
                 return t
         opened = OpenTrace(path, Trace.open(path))
         self.traces.append(opened)
-        self.traces_changed.emit()
         self.set_current_trace(len(self.traces) - 1)
+        self.traces_changed.emit()  # after the switch, so listeners see the new trace as current
         return opened
 
     def close_trace(self, index: int) -> None:
         self.traces.pop(index).close()
-        self.traces_changed.emit()
         self.set_current_trace(min(index, len(self.traces) - 1) if self.traces else None)
+        self.traces_changed.emit()
 
     def set_current_trace(self, index: int | None) -> None:
         self.current = index

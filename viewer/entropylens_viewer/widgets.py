@@ -372,7 +372,13 @@ class ChosenTokenPlot(pg.GraphicsLayoutWidget):
         step = max(1, round(len(layers) / 8))
         self.rank_plot.getAxis("bottom").setTickSpacing(major=step, minor=1 if step > 1 else step)
         self.prob.setData(layers, seq.target_prob[row])
-        self.rank.setData(layers, seq.target_rank[row] + 1.0)
+        ranks = seq.target_rank[row] + 1.0
+        self.rank.setData(layers, ranks)
+        # Whole decades only: pyqtgraph labels minor log ticks, which pile up over a short range.
+        top = max(1, int(np.ceil(np.log10(ranks.max()))))
+        every = max(1, int(np.ceil(top / 5)))
+        self.rank_plot.getAxis("left").setTicks([[(d, f"{10 ** d:,}") for d in range(0, top + 1, every)], []])
+        self.rank_plot.setYRange(0, top, padding=0.05)
         token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
         self.title.setText(f"chosen token {token}: final rank {int(seq.target_rank[row, -1])}", size="10pt", color="k")
 

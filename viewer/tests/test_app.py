@@ -145,3 +145,15 @@ def test_scrubbing_does_not_corrupt_the_interpreter(window, recorded_trace):
         state.set_layer(i % state.num_layers)
         QtWidgets.QApplication.processEvents()
     assert sys.getrefcount(None) >= before
+
+
+def test_the_trace_list_names_the_trace_being_shown(window, recorded_trace, tmp_path):
+    import shutil
+
+    second = tmp_path / "second.h5"
+    shutil.copy(recorded_trace, second)
+    window.open_path(recorded_trace)
+    window.open_path(second)
+    assert window.trace_box.currentText().startswith("second.h5") and window.state.current == 1
+    window.close_current()
+    assert window.trace_box.count() == 1 and window.trace_box.currentText().startswith(recorded_trace.name)

@@ -3,7 +3,8 @@
     xvfb-run -s "-screen 0 1280x800x24" python viewer/tools/screenshot.py [--out viewer/docs]
 
 Writes main.png (a token drilled down), playback.png (replay stopped half-way) and
-mean_profile.png (the aggregate tab).
+mean_profile.png (the aggregate tab); with ``--compare MODEL_DIR`` (e.g. examples/models/llama-3l)
+also compare.png, the two models' mean profiles on normalised depth.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from entropylens_hf.recorder import EntropyLens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
+    parser.add_argument("--compare", type=Path, default=None, help="a second model folder for compare.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     trace = Path(tempfile.mkdtemp()) / "demo.h5"
@@ -58,6 +60,20 @@ def main() -> None:
     for _ in range(5):
         app.processEvents()
     window.grab().save(str(args.out / "mean_profile.png"))
+
+    if args.compare is not None:
+        from entropylens_hf.loading import load_model
+
+        other, other_tokenizer = load_model(str(args.compare), device="cpu", dtype="float32")
+        second = trace.with_name("compare.h5")
+        lens = EntropyLens(other, other_tokenizer, top_k=10, model_name=args.compare.name)
+        record_prompts(lens, read_prompts(demo_prompts_path()), second, progress=False, max_new_tokens=24,
+                       do_sample=False)
+        window.open_path(second)
+        window.tabs.setCurrentIndex(2)
+        for _ in range(5):
+            app.processEvents()
+        window.grab().save(str(args.out / "compare.png"))
     print(f"screenshots in {args.out}")
 
 
