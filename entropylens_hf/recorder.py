@@ -15,9 +15,12 @@ sees because, inside ``record()``, ``model.generate`` is wrapped (and restored o
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -370,6 +373,8 @@ class TraceRecorder(LogitsProcessor):
         owners = torch.cat(state.queue_owner).tolist()
         stats = self._statistics(torch.cat(state.queue_residuals), torch.cat(state.queue_targets))
         state.queue_owner, state.queue_residuals, state.queue_targets, state.queued = [], [], [], 0
+        if self.lens.lens.device.type == "cpu":
+            _return_freed_heap_memory()
         order = np.argsort(owners, kind="stable")  # group by sequence, keeping each one's row order
         sorted_owners = np.asarray(owners)[order]
         for b in np.unique(sorted_owners):
@@ -497,6 +502,28 @@ def _generation_settings(model: Any, kwargs: dict, batch: int) -> dict[str, Any]
     settings["batch_size"] = batch
     settings.pop("transformers_version", None)
     return settings
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _return_freed_heap_memory() -> None:
+    """Give freed heap pages back to the OS after a statistics block (glibc only).
+
+    Why: each block allocates tens of MiB of CPU temporaries. After the first is freed, glibc
+    raises its mmap threshold and serves the next ones from the heap, which fragments as the
+    KV cache grows in between; measured without this, resident memory grew by about 30 MiB
+    per step at batch 32 (3 GB over 64 tokens) although live tensors grew by 2 MiB per step.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -12,3 +14,21 @@ def test_quickstart_runs_and_prints_profiles(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("entropy per layer (nats):") == 2 and (tmp_path / "q.h5").exists()
+
+
+@pytest.mark.timeout(1800)
+def test_reproduce_paper_quick_writes_every_section_with_figures_and_verdicts(tmp_path):
+    """The report script runs end to end on the shipped example models (the --quick setting, for CI)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = subprocess.run([sys.executable, str(EXAMPLES / "reproduce_paper.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for section in range(1, 7):
+        assert f"## {section}. " in report
+    for figure in ("profiles.png", "depth_rescaled.png", "steps.png", "fingerprint.png"):
+        assert f"]({figure})" in report and (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+    models = sorted(p.parent.name for p in (EXAMPLES / "models").glob("*/config.json"))
+    assert len(models) >= 4 and all(f"| {name} |" in report for name in models)
+    assert report.count("Verdict: **") >= 6
