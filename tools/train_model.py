@@ -8,8 +8,8 @@ which allows redistribution of derived works. The Sphinx reST sources it ships
     apt-get install python3-doc
     python tools/train_model.py --out entropylens_hf/assets/default_model --steps 800 \\
         --untie-embeddings --save-dtype float16                                       # the bundled model
-    python tools/train_model.py --arch gpt2 --layers 4 --d-model 192 --steps 300 \\
-        --tokenizer entropylens_hf/assets/default_model --out examples/models/gpt2-4l  # other families
+    python tools/train_model.py --arch gpt2 --layers 3 --d-model 192 --heads 6 --steps 400 --save-dtype float16 \\
+        --tokenizer entropylens_hf/assets/default_model --out examples/models/gpt2-3l  # the example models
 
 Every run is seeded (data order, initialisation, dropout-free training) and writes
 ``training_info.json`` with the exact command, sizes, losses and held-out perplexity.
