@@ -360,11 +360,17 @@ class TraceRecorder(LogitsProcessor):
         One large product per block reads the unembedding once for many steps and keeps
         the matrix multiply efficient (a product with few rows is bound by reading weights).
         """
+        block = max(1, self.lens.max_logits // self.lens.lens.vocab_size)
+        rows = residuals.shape[0] * residuals.shape[1]
+        if state.queued and state.queued + rows > block:
+            # Flush first: a block that overflows by a few rows would cost a second, thin
+            # product that reads the whole unembedding for those few rows.
+            self._flush(state)
         state.queue_owner.append(owners)
         state.queue_residuals.append(residuals)
         state.queue_targets.append(targets)
-        state.queued += residuals.shape[0] * residuals.shape[1]
-        if state.queued >= max(1, self.lens.max_logits // self.lens.lens.vocab_size):
+        state.queued += rows
+        if state.queued >= block:
             self._flush(state)
 
     def _flush(self, state: _CallState) -> None:
