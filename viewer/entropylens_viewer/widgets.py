@@ -14,6 +14,8 @@ pg.setConfigOptions(antialias=True, background="w", foreground="k", imageAxisOrd
 
 EXPANSION_BRUSH = (214, 39, 40, 60)  # entropy rises: more candidates
 PRUNING_BRUSH = (31, 119, 180, 60)  # entropy falls: fewer candidates
+PROMPT_BRUSH = (128, 128, 128, 40)
+MAX_TICK_LABELS = 60
 
 
 def _css(rgba: tuple[int, int, int, int]) -> str:
@@ -21,12 +23,10 @@ def _css(rgba: tuple[int, int, int, int]) -> str:
     return "#%02x%02x%02x" % rgba[:3]
 
 
-def _integer_ticks(plot: pg.PlotWidget, count: int) -> None:
+def _integer_ticks(plot: pg.PlotWidget | pg.PlotItem, count: int) -> None:
     """Ticks on whole layers, about eight of them whatever the depth."""
     step = max(1, round(count / 8))
     plot.getAxis("bottom").setTickSpacing(major=step, minor=1 if step > 1 else step)
-PROMPT_BRUSH = (128, 128, 128, 40)
-MAX_TICK_LABELS = 60
 
 
 # ---------------------------------------------------------------------- sequence list
@@ -369,8 +369,7 @@ class ChosenTokenPlot(pg.GraphicsLayoutWidget):
             self.title.setText("chosen token")
             return
         layers = np.arange(seq.entropy.shape[1])
-        step = max(1, round(len(layers) / 8))
-        self.rank_plot.getAxis("bottom").setTickSpacing(major=step, minor=1 if step > 1 else step)
+        _integer_ticks(self.rank_plot, len(layers))
         self.prob.setData(layers, seq.target_prob[row])
         ranks = seq.target_rank[row] + 1.0
         self.rank.setData(layers, ranks)
