@@ -2,7 +2,7 @@
 
 Prints, for batch 1 and batch 8 and 64 new tokens, the wall time of
   plain   : model.generate
-  recorded: EntropyLens.generate writing a trace (hooks, KV cache on, one vocabulary pass per step)
+  recorded: EntropyLens.generate writing a trace (hooks, KV cache on, lens rows resolved in blocks)
   rerun   : the paper's reference-code approach, a full forward over the whole sequence with
             output_hidden_states and no cache at every step, logit lens on the last position
 and the ratios to plain. Runs are interleaved and repeated; the median is reported.

@@ -122,6 +122,12 @@ def _path_hint(model: nn.Module, target: nn.Module) -> str:
     return "model"
 
 
+#: Rows per block when the vocabulary is split (see LogitLens.block_shape); chunks stay at
+#: least _MIN_CHUNK wide so a tight budget does not turn the pass into many tiny chunks.
+_BLOCK_ROWS = 512
+_MIN_CHUNK = 2048
+
+
 class LogitLens(nn.Module):
     """Maps a residual-stream vector to the logits the model would output if it stopped there.
 
@@ -221,13 +227,10 @@ class LogitLens(nn.Module):
     ) -> LensStatistics:
         """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none).
 
-        At most ``max_logits`` float32 logits exist at once (16 MiB by default): rows are
-        processed in blocks over the whole vocabulary, and the vocabulary itself is split
-        only when a single row would not fit.
+        At most ``max_logits`` float32 logits exist at once (16 MiB by default): rows go
+        through in blocks of :meth:`block_shape`, each over the vocabulary in chunks.
         """
-        vocab = self.vocab_size
-        block_rows = max(1, max_logits // vocab)
-        chunk = vocab if max_logits >= vocab else max_logits
+        block_rows, chunk = self.block_shape(max_logits)
         parts = [
             self._block_statistics(
                 hidden[start : start + block_rows],
@@ -241,6 +244,18 @@ class LogitLens(nn.Module):
         if len(parts) == 1:
             return parts[0]
         return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
+
+    def block_shape(self, max_logits: int) -> tuple[int, int]:
+        """``(rows, vocabulary chunk)`` of one block of at most ``max_logits`` logits.
+
+        Why not whole-vocabulary rows: the unembedding is read from memory once per block,
+        so a product of few rows is bound by that read. Measured on a 2-core CPU at
+        GPT-2-small size, 512 rows x 8,192 columns cost 0.28 ms per row against 0.46 ms
+        for 83 whole 50,257-wide rows, with the same 16 MiB of logits.
+        """
+        vocab = self.vocab_size
+        chunk = min(vocab, max_logits, max(_MIN_CHUNK, max_logits // _BLOCK_ROWS))
+        return max(1, max_logits // chunk), max(1, chunk)
 
     def _block_statistics(
         self,

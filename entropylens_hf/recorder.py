@@ -51,7 +51,7 @@ class EntropyLens:
     ``renyi_alphas`` adds one Rényi-entropy profile per order (0, 2, ``math.inf``...).
     ``record_prompt`` also records the prompt positions (computed in the prefill pass).
     ``max_logits`` bounds the float32 logits held at once (default 2**22, 16 MiB; the pass
-    over them needs about 2.5 times that), whatever the batch, depth and vocabulary.
+    over them needs about twice that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
     """
@@ -360,7 +360,7 @@ class TraceRecorder(LogitsProcessor):
         One large product per block reads the unembedding once for many steps and keeps
         the matrix multiply efficient (a product with few rows is bound by reading weights).
         """
-        block = max(1, self.lens.max_logits // self.lens.lens.vocab_size)
+        block = self.lens.lens.block_shape(self.lens.max_logits)[0]
         rows = residuals.shape[0] * residuals.shape[1]
         if state.queued and state.queued + rows > block:
             # Flush first: a block that overflows by a few rows would cost a second, thin

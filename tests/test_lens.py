@@ -56,6 +56,17 @@ def test_bounded_memory_statistics_equal_full_logits_computation(family, max_log
     torch.testing.assert_close(stats.renyi[:, 2].double(), -probs.max(-1).values.log(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("vocab", [128, 50257, 262144])
+@pytest.mark.parametrize("max_logits", [1, 100, 5000, 1 << 22, 1 << 26])
+def test_blocks_never_exceed_the_logits_budget(vocab, max_logits):
+    lens = LogitLens(nn.ModuleList(), nn.Identity(), nn.Linear(4, vocab, bias=False))
+    rows, chunk = lens.block_shape(max_logits)
+    assert rows >= 1 and 1 <= chunk <= vocab
+    assert rows * chunk <= max(max_logits, 1)
+    if max_logits >= 512 * vocab:  # a small vocabulary is never split
+        assert chunk == vocab
+
+
 def test_unknown_model_error_names_what_is_missing_and_what_to_pass(llama):
     # Two norm-like children with unfamiliar names: the lens cannot tell which is final.
     decoder = llama.get_decoder()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropylens_hf.metrics import entropy, renyi_entropy, streaming_lens_statistics, target_rank
+from entropylens_hf.metrics import entropy, exact_topk, renyi_entropy, streaming_lens_statistics, target_rank
 
 
 def _reference_entropy(z: np.ndarray) -> np.ndarray:
@@ -72,3 +72,56 @@ def test_rank_does_not_count_the_target_itself_when_its_logit_differs_by_roundin
     stats = streaming_lens_statistics(lambda a, b: z[:, a:b].clone(), 3, top_k=1, target_ids=torch.tensor([1]),
                                       target_logits=slightly_low, chunk_size=2)
     assert stats.target_rank.item() == 1
+
+
+def _assert_is_topk(z: torch.Tensor, k: int, values: torch.Tensor, ids: torch.Tensor) -> None:
+    expected = z.topk(k, dim=-1).values
+    assert torch.equal(values, expected)
+    assert torch.equal(z.gather(-1, ids), values)  # the ids point at those values
+    assert all(len(set(row)) == k for row in ids.tolist())  # each entry once
+
+
+@pytest.mark.parametrize("width", [127, 1000, 8192, 50257])
+@pytest.mark.parametrize("k", [1, 5, 10, 40])
+def test_exact_topk_equals_torch_topk_on_wide_rows(width, k):
+    torch.manual_seed(width + k)
+    z = torch.randn(6, width) * 4
+    values, ids = exact_topk(z, k)
+    _assert_is_topk(z, k, values, ids)
+
+
+def test_exact_topk_finds_winners_crowded_into_one_slice_or_the_tail():
+    width, k = 8195, 10  # 8 slices of 1024 columns + 3 tail columns
+    z = torch.randn(3, width)
+    z[0, 5 + 1024 * torch.arange(8)] = 100 + torch.arange(8.0)  # 8 winners, all in slice 5
+    z[0, 7] = 99.0
+    z[1, -3:] = 50.0 + torch.arange(3.0)  # winners only in the tail
+    z[2, :] = -math.inf  # a fully masked row
+    z[2, 4000] = 1.0
+    values, ids = exact_topk(z, k)
+    _assert_is_topk(z, k, values, ids)
+    assert set(ids[0, :8].tolist()) == set((5 + 1024 * torch.arange(8)).tolist())
+    assert set(ids[1, :3].tolist()) == {width - 3, width - 2, width - 1}
+    assert ids[2, 0] == 4000 and torch.isinf(values[2, 1:]).all()
+
+
+@pytest.mark.parametrize("chunk", [997, 4000, 20000])
+def test_streaming_statistics_on_a_realistic_vocabulary(chunk):
+    torch.manual_seed(2)
+    vocab = 20000
+    z = torch.randn(7, vocab) * 5
+    z[3, 100:] = -math.inf
+    targets = torch.tensor([0, 19999, 5000, 150, -1, 12345, 7])  # row 3: a masked target
+    target_logits = z.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+    stats = streaming_lens_statistics(
+        lambda a, b: z[:, a:b].clone(), vocab, top_k=10, target_ids=targets, target_logits=target_logits,
+        alphas=[2], chunk_size=chunk,
+    )
+    torch.testing.assert_close(stats.entropy, entropy(z), rtol=1e-5, atol=1e-5)
+    top = z.softmax(-1).topk(10, -1)
+    torch.testing.assert_close(stats.topk_probs, top.values, rtol=1e-5, atol=1e-7)
+    assert torch.equal(stats.topk_ids, top.indices)
+    valid = targets >= 0
+    assert torch.equal(stats.target_rank[valid], target_rank(z[valid], targets[valid]))
+    assert stats.target_rank[3] == 100  # every unmasked token is above a masked target
+    torch.testing.assert_close(stats.renyi[:, 0], renyi_entropy(z, 2.0), rtol=1e-5, atol=1e-5)
