@@ -121,6 +121,7 @@ def streaming_lens_statistics(
     target_logits: torch.Tensor | None = None,
     alphas: Sequence[float] = (),
     chunk_size: int = 16384,
+    scratch: torch.Tensor | None = None,
 ) -> LensStatistics:
     """Entropy, Rényi entropies, top-k and target prob/rank of ``R`` rows of logits, chunk by chunk.
 
@@ -128,7 +129,8 @@ def streaming_lens_statistics(
     entries ``start:stop`` as a tensor this function may overwrite; only one chunk (and one
     scratch tensor of its size) is alive at a time. ``target_ids`` ``[R]`` holds the token whose
     probability and rank to report (``-1``: none) and ``target_logits`` ``[R]`` its logit,
-    computed by the caller (a gather is far cheaper than scanning for it).
+    computed by the caller (a gather is far cheaper than scanning for it). ``scratch``, a flat
+    float32 tensor of at least ``R * chunk_size`` elements, is used instead of allocating one.
     """
     first = chunk_logits(0, min(chunk_size, vocab_size))
     n_rows = first.shape[0]
@@ -160,7 +162,7 @@ def streaming_lens_statistics(
 
         # Statistics that need the raw logits come first; then z is overwritten in place,
         # so a chunk costs the logits plus one scratch tensor of the same shape.
-        scratch = torch.empty_like(z)
+        buffer = torch.empty_like(z) if scratch is None else scratch[: z.numel()].view(z.shape)
         vals, idx = exact_topk(z, min(k, stop - start))
         chunk_max = vals[:, 0]  # topk is sorted: no separate pass for the maximum
         best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
@@ -171,7 +173,7 @@ def streaming_lens_statistics(
             # sign(max(z - t, 0)) is 1 exactly where z > t; a float sum of it is exact below
             # 2**24 and, on CPU, about twice as fast as comparing and counting bools. NaN
             # arises only from -inf - -inf (a masked token is not above a masked target).
-            above = torch.sub(z, target_logits.unsqueeze(-1), out=scratch).clamp_(min=0).sign_()
+            above = torch.sub(z, target_logits.unsqueeze(-1), out=buffer).clamp_(min=0).sign_()
             local = target_ids - start
             in_chunk = (local >= 0) & (local < stop - start)
             self_above = above.gather(-1, local.clamp(0, stop - start - 1).unsqueeze(-1)).squeeze(-1)
@@ -196,12 +198,12 @@ def streaming_lens_statistics(
 
         centred = z.sub_(safe_new_max.unsqueeze(-1))
         for j, a in enumerate(finite_alphas):
-            sum_pow[:, j] += torch.mul(centred, a, out=scratch).exp_().sum(-1)
-        e = torch.exp(centred, out=scratch)
+            sum_pow[:, j] += torch.mul(centred, a, out=buffer).exp_().sum(-1)
+        e = torch.exp(centred, out=buffer)
         sum_exp = sum_exp + e.sum(-1)
         # exp(-inf) * -inf is NaN for masked entries; their true contribution is 0.
         sum_exp_shift = sum_exp_shift + e.mul_(centred).nansum(-1)
-        del z, centred, e, scratch
+        del z, centred, e, buffer
 
     log_sum = torch.log(sum_exp)
     shannon = log_sum - sum_exp_shift / sum_exp

@@ -133,6 +133,7 @@ class EntropyLens:
                 yield recorder
         finally:
             recorder._capture = None
+            recorder._workspace = None
             if had_own_generate:
                 model.generate = original
             else:
@@ -208,6 +209,7 @@ class TraceRecorder(LogitsProcessor):
         self.records: list[SequenceRecord] = []
         self.last_records: list[SequenceRecord] = []
         self._capture: ResidualCapture | None = None
+        self._workspace: torch.Tensor | None = None  # reused by every block of the recording
         self._state: _CallState | None = None
         self._next_labels: Labels | Sequence[Labels] | None = None
         self._next_keys: Sequence[str] | None = None
@@ -391,12 +393,15 @@ class TraceRecorder(LogitsProcessor):
         """Lens statistics for residuals ``[R, L, d]`` with one target per row; numpy ``[R, L, ...]``."""
         n, L, d = residuals.shape
         lens = self.lens
+        if self._workspace is None:
+            self._workspace = lens.lens.new_workspace(lens.max_logits)
         s = lens.lens.statistics(
             residuals.reshape(n * L, d),
             top_k=lens.top_k,
             targets=targets.repeat_interleave(L),
             alphas=lens.renyi_alphas,
             max_logits=lens.max_logits,
+            workspace=self._workspace,
         )
         out = {
             "entropy": s.entropy.reshape(n, L),

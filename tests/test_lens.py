@@ -39,13 +39,18 @@ def test_captured_residuals_are_the_models_hidden_states(family):
 
 @pytest.mark.parametrize("max_logits", [100, 300, 1 << 24])  # vocabulary split / row blocks / one block
 @pytest.mark.parametrize("family", ["gpt2", "phi", "gemma2", "cohere", "granite", "opt_project_out"])
-def test_bounded_memory_statistics_equal_full_logits_computation(family, max_logits):
+@pytest.mark.parametrize("reuse_workspace", [False, True])
+def test_bounded_memory_statistics_equal_full_logits_computation(family, max_logits, reuse_workspace):
     model = tiny_model(family)
     ids = torch.randint(3, VOCAB, (1, 6))
     lens, residuals, _ = _run(model, ids)
     rows = torch.cat([r[0] for r in residuals])  # [(L) * positions, d]
     targets = torch.randint(0, VOCAB, (rows.shape[0],))
-    stats = lens.statistics(rows, top_k=5, targets=targets, alphas=[0, 2, float("inf")], max_logits=max_logits)
+    workspace = lens.new_workspace(max_logits) if reuse_workspace else None
+    if workspace is not None:
+        workspace.fill_(float("nan"))  # leftovers must never leak into results
+    stats = lens.statistics(rows, top_k=5, targets=targets, alphas=[0, 2, float("inf")], max_logits=max_logits,
+                            workspace=workspace)
     logits = lens.project(rows).double()
     torch.testing.assert_close(stats.entropy.double(), entropy(logits), rtol=1e-4, atol=1e-4)
     probs = logits.softmax(-1)
