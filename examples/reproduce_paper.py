@@ -231,6 +231,21 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
+def _label_panel(ax, column: int, title: str, xlabel: str, ylabel: str, *, legend: bool = True) -> None:
+    """Title and x label on every panel of a row; the y label only on the first."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    if column == 0:
+        ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=7)
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def figure_profiles(models: list[Model], sets: dict, out: Path) -> None:
     fig = _figure(4.2 * len(models), 3.6)
     for j, m in enumerate(models):
@@ -240,13 +255,9 @@ def figure_profiles(models: list[Model], sets: dict, out: Path) -> None:
         for task, g in group_profiles(ps.features, ps.label_values("task")).items():
             ax.plot(layers, g.mean, label=f"{task} ({g.count})")
             ax.fill_between(layers, g.mean - g.std, g.mean + g.std, alpha=0.12)
-        ax.set_title(f"{m.name}: {m.family}, {m.depth} layers", fontsize=9)
-        ax.set_xlabel("lens layer (0 = embeddings)")
-        if j == 0:
-            ax.set_ylabel("entropy (nats), mean ± std")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+        _label_panel(ax, j, f"{m.name}: {m.family}, {m.depth} layers", "lens layer (0 = embeddings)",
+                     "entropy (nats), mean ± std")
+    _save(fig, out)
 
 
 def figure_depth(models: list[Model], sets: dict, out: Path) -> None:
@@ -262,13 +273,8 @@ def figure_depth(models: list[Model], sets: dict, out: Path) -> None:
             curve = rescale_depth(sets[m.name].features.mean(axis=0), DEPTH_POINTS)
             ax.plot(depth, curve, styles[i % len(styles)], color=colors[m.family] if title == "all families" else None,
                     label=f"{m.name} ({m.depth} layers)")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("normalised depth")
-        if j == 0:
-            ax.set_ylabel("mean entropy (nats)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+        _label_panel(ax, j, title, "normalised depth", "mean entropy (nats)")
+    _save(fig, out)
 
 
 def figure_steps(models: list[Model], dynamics: dict, out: Path) -> None:
@@ -278,12 +284,10 @@ def figure_steps(models: list[Model], dynamics: dict, out: Path) -> None:
         steps = dynamics[m.name].mean_steps
         ax.bar(np.arange(len(steps)), steps, color=["tab:red" if s > 0 else "tab:blue" for s in steps])
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_title(f"{m.name}: red expands, blue prunes", fontsize=9)
-        ax.set_xlabel("layer index i (step lens i -> i+1)")
-        if j == 0:
-            ax.set_ylabel("mean entropy change (nats)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+        ax.set_xticks(np.arange(len(steps)))  # one bar per layer step: integer ticks only
+        _label_panel(ax, j, f"{m.name}: red expands, blue prunes", "layer index i (step lens i -> i+1)",
+                     "mean entropy change (nats)", legend=False)
+    _save(fig, out)
 
 
 # --------------------------------------------------------------------------- analyses
