@@ -27,12 +27,15 @@ _EXPORTS = {
     "UnsupportedModelError": ".errors",
     "UnsupportedGenerationError": ".errors",
     "default_model": ".models",
+    "smollm2": ".fetch",
+    "fetch_model": ".fetch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import EntropyLensError, TraceError, UnsupportedGenerationError, UnsupportedModelError
+    from .fetch import fetch_model, smollm2
     from .lens import LogitLens
     from .models import default_model
     from .recorder import EntropyLens, TraceRecorder

