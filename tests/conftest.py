@@ -45,3 +45,23 @@ def tiny_model_dir(tmp_path_factory):
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# ChatML-like, written with the tiny tokenizer's own special tokens; it writes BOS itself.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_dir(tiny_model_dir, tmp_path_factory):
+    """A folder holding one float32 GGUF of the tiny Llama, with a chat template and add_bos_token set."""
+    from gguf_writer import write_llama_gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    write_llama_gguf(model, tokenizer, folder / "tiny-llama.F32.gguf", chat_template=TINY_CHAT_TEMPLATE, add_bos=True)
+    return folder
