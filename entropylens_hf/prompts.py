@@ -40,6 +40,11 @@ class Prompt:
         payload = json.dumps([content, sorted(self.labels.items())], ensure_ascii=False)
         return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
+    @classmethod
+    def from_messages(cls, messages: Sequence[Message], labels: Mapping[str, str] | None = None) -> "Prompt":
+        """A chat prompt from ``[{"role": ..., "content": ...}, ...]``."""
+        return cls(messages[-1]["content"], dict(labels or {}), tuple(dict(m) for m in messages))
+
     def as_chat(self) -> "Prompt":
         """This prompt as a chat: plain text becomes one user message."""
         if self.messages:
