@@ -8,9 +8,8 @@ folder, or a hub id.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import torch
 

@@ -43,6 +43,8 @@ class Prompt:
     @classmethod
     def from_messages(cls, messages: Sequence[Message], labels: Mapping[str, str] | None = None) -> "Prompt":
         """A chat prompt from ``[{"role": ..., "content": ...}, ...]``."""
+        if not messages:
+            raise EntropyLensError("a chat prompt needs at least one message")
         return cls(messages[-1]["content"], dict(labels or {}), tuple(dict(m) for m in messages))
 
     def as_chat(self) -> "Prompt":
