@@ -1,0 +1,228 @@
+"""Trace schema: names, version, the records passed between writer and reader, file attributes.
+
+A trace file holds many sequences and grows across runs. Every per-row quantity is one
+extendable, chunked, compressed dataset whose first axis concatenates all sequences;
+a small per-sequence index says where each sequence's tokens and rows start. This layout
+is what makes the file safe to follow live and to survive a killed writer: files are
+written in HDF5 SWMR mode (single writer, many readers), which keeps the file consistent
+on disk at every moment, and a sequence becomes visible only when its index entry is
+written, after all its data. Nothing here knows about models.
+
+Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the embeddings,
+``k`` = top-k, ``A`` = number of Rényi orders)::
+
+    /                       attrs: format, schema_version, library_version, created_utc,
+                                   model_name, model_config (JSON), tokenizer_name,
+                                   num_layers (L), layer_names (JSON), vocab_size, top_k,
+                                   renyi_alphas (JSON)
+    /tokens/id              int32   [T]         every sequence's full token ids
+    /tokens/text_bytes      uint8   [bytes]     UTF-8 text of each token, concatenated
+    /tokens/text_end        int64   [T]         end offset of each token's text
+    /rows/entropy           float32 [N, L]      logit-lens Shannon entropy, nats
+    /rows/topk_id           int32   [N, L, k]
+    /rows/topk_prob         float32 [N, L, k]
+    /rows/target_prob       float32 [N, L]      probability of the token that came next
+    /rows/target_rank       int32   [N, L]      its rank (0 = top-1)
+    /rows/output_entropy    float32 [N]         entropy of the scores generate's logits processors
+                                                produced (before sampling warpers); NaN on prompt rows
+    /rows/renyi             float32 [N, A, L]   Rényi entropies, one profile per order
+    /sequences/token_start  int64 [S]; token_count int32 [S]; prompt_length int32 [S]
+    /sequences/row_start    int64 [S]; row_count int32 [S]; run int32 [S]; mean_entropy float32 [S]
+    /sequences/mean_profile float32 [S, L]      mean entropy per layer over the generated rows
+    /sequences/meta_bytes + meta_end            JSON per sequence: prompt_text, labels, key
+    /runs/meta_bytes + meta_end                 JSON per generate() call: settings, time
+    /vocabulary/text_bytes + text_end           decoded text of every token id (optional, written
+                                                once at creation), so top-k ids can be shown as text
+
+Row ``i`` of a sequence is the logit lens at input position ``first_target - 1 + i``, i.e. the
+distribution that predicted token ``first_target + i``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from .._version import __version__
+from ..errors import TraceError
+
+FORMAT_NAME = "entropylens-trace"
+SCHEMA_VERSION = 1
+
+_INDEX_DTYPES = {
+    "token_start": np.int64,
+    "token_count": np.int32,
+    "prompt_length": np.int32,
+    "row_start": np.int64,
+    "row_count": np.int32,
+    "run": np.int32,
+    "mean_entropy": np.float32,
+}
+_INDEX_COLUMNS = tuple(_INDEX_DTYPES)
+_ROW_CHUNK = 256
+_BYTE_CHUNK = 65536
+_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+@dataclass(frozen=True)
+class TraceMetadata:
+    """File-level facts: which model, which lens, which settings."""
+
+    model_name: str
+    num_layers: int
+    layer_names: tuple[str, ...]
+    vocab_size: int
+    top_k: int
+    renyi_alphas: tuple[float, ...] = ()
+    tokenizer_name: str = ""
+    model_config: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    library_version: str = __version__
+    created_utc: str = ""
+
+    @property
+    def decoder_layers(self) -> int:
+        """Number of decoder layers (lens layers minus the embedding layer)."""
+        return self.num_layers - 1
+
+
+@dataclass(frozen=True)
+class SequenceRecord:
+    """One recorded sequence: its tokens and, per row and lens layer, what the logit lens saw.
+
+    Arrays: ``token_ids [T]``, ``entropy [N, L]``, ``topk_ids / topk_probs [N, L, k]``,
+    ``target_prob / target_rank [N, L]``, ``output_entropy [N]``, ``renyi [N, A, L]``.
+    Row ``i`` predicted token ``first_target + i``; rows whose target lies in the prompt are
+    prompt rows. ``index`` is the position in the trace file (-1 when not read from a file).
+    """
+
+    token_ids: np.ndarray
+    token_texts: tuple[str, ...]
+    prompt_length: int
+    entropy: np.ndarray
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+    target_prob: np.ndarray
+    target_rank: np.ndarray
+    output_entropy: np.ndarray
+    renyi: np.ndarray
+    renyi_alphas: tuple[float, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    prompt_text: str = ""
+    key: str = ""
+    run: int = 0
+    index: int = -1
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @property
+    def first_target(self) -> int:
+        """Token index predicted by row 0 (1 when the prompt was recorded)."""
+        return len(self.token_ids) - self.n_rows
+
+    @property
+    def target_ids(self) -> np.ndarray:
+        """The token each row predicted: ``token_ids[first_target:]``."""
+        return self.token_ids[self.first_target :]
+
+    @property
+    def is_generated(self) -> np.ndarray:
+        """Boolean ``[N]``: True for rows whose target was generated, False for prompt rows."""
+        return np.arange(self.first_target, len(self.token_ids)) >= self.prompt_length
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.token_ids) - self.prompt_length
+
+    @property
+    def generated_text(self) -> str:
+        return "".join(self.token_texts[self.prompt_length :])
+
+    def renyi_profile(self, alpha: float) -> np.ndarray:
+        """Rényi entropy ``[N, L]`` of order ``alpha`` (1 gives the Shannon entropy)."""
+        if float(alpha) == 1.0 and 1.0 not in self.renyi_alphas:
+            return self.entropy
+        for j, a in enumerate(self.renyi_alphas):
+            if a == float(alpha):
+                return self.renyi[:, j, :]
+        raise KeyError(
+            f"Rényi order {alpha} was not recorded (recorded: {list(self.renyi_alphas) or 'none'}); "
+            "record with EntropyLens(..., renyi_alphas=[...])"
+        )
+
+
+def _now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+
+def _check_is_trace(f: h5py.File, path: Path) -> None:
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT_NAME:
+        raise TraceError(
+            f"{path}: an HDF5 file, but not an entropylens trace (no format='{FORMAT_NAME}' attribute); "
+            "record one with `entropylens record` or EntropyLens.record()"
+        )
+    version = int(f.attrs.get("schema_version", -1))
+    if version > SCHEMA_VERSION:
+        raise TraceError(
+            f"{path}: trace schema version {version} is newer than this entropylens-hf "
+            f"({__version__}) reads (up to {SCHEMA_VERSION}); upgrade: pip install -U entropylens-hf"
+        )
+    if version < 1:
+        raise TraceError(f"{path}: trace has no valid schema_version attribute; the file is damaged")
+    for group in ("tokens", "rows", "sequences", "runs"):
+        if group not in f:
+            raise TraceError(f"{path}: trace is missing the '/{group}' group; the file is damaged")
+
+
+
+def _write_metadata_attrs(f: h5py.File, m: TraceMetadata) -> None:
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["library_version"] = __version__
+    f.attrs["created_utc"] = m.created_utc or _now_utc()
+    f.attrs["model_name"] = m.model_name
+    f.attrs["model_config"] = json.dumps(dict(m.model_config), default=str)
+    f.attrs["tokenizer_name"] = m.tokenizer_name
+    f.attrs["num_layers"] = m.num_layers
+    f.attrs["layer_names"] = json.dumps(list(m.layer_names))
+    f.attrs["vocab_size"] = m.vocab_size
+    f.attrs["top_k"] = m.top_k
+    f.attrs["renyi_alphas"] = json.dumps([_alpha_to_json(a) for a in m.renyi_alphas])
+
+
+def _alpha_to_json(a: float) -> float | str:
+    return "inf" if np.isinf(a) else float(a)
+
+
+def _attr_str(f: h5py.File, name: str, default: str = "") -> str:
+    v = f.attrs.get(name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _read_metadata(f: h5py.File) -> TraceMetadata:
+    return TraceMetadata(
+        model_name=_attr_str(f, "model_name"),
+        num_layers=int(f.attrs["num_layers"]),
+        layer_names=tuple(json.loads(_attr_str(f, "layer_names", "[]"))),
+        vocab_size=int(f.attrs["vocab_size"]),
+        top_k=int(f.attrs["top_k"]),
+        renyi_alphas=tuple(float(a) for a in json.loads(_attr_str(f, "renyi_alphas", "[]"))),
+        tokenizer_name=_attr_str(f, "tokenizer_name"),
+        model_config=json.loads(_attr_str(f, "model_config", "{}")),
+        schema_version=int(f.attrs["schema_version"]),
+        library_version=_attr_str(f, "library_version"),
+        created_utc=_attr_str(f, "created_utc"),
+    )
+
