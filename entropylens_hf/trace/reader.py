@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,11 @@ import h5py
 import numpy as np
 
 from ..errors import TraceError
-from .schema import _INDEX_COLUMNS, SequenceRecord, _check_is_trace, _read_metadata
+from .schema import _INDEX_COLUMNS, SequenceRecord, _check_is_trace, _first_line, _read_metadata
 from .storage import _open_h5, _read_string_column, _UncleanFile
+
+_SHAPE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
+
 
 class Trace:
     """Read a trace lazily: sequences are loaded one at a time, on access.
@@ -23,16 +27,21 @@ class Trace:
     ...     df = trace.to_dataframe()  # needs pandas
 
     The file is opened in SWMR read mode, so a trace still being recorded can be
-    followed: :meth:`refresh` picks up sequences completed since.
+    followed: :meth:`refresh` picks up sequences completed since, and reopens the file if
+    it was replaced (crash recovery writes a fresh file). Every problem with the file is one
+    :class:`TraceError` naming the file and the damaged part; a damaged sequence does not
+    keep the others from being read.
     """
 
     def __init__(self, path: Path, file: h5py.File):
         self.path = path
         self._file = file
-        self.metadata = _read_metadata(file)
+        self._identity = _identity(path)
+        self.metadata = _read_metadata(file, path)
         self._index: dict[str, np.ndarray] = {}
-        self._metas: list[dict[str, Any]] = []
+        self._metas: list[dict[str, Any] | None] = []  # None: damaged metadata
         self._vocabulary: list[str] | None = None
+        self._check_layout()
         self._load_index()
 
     @classmethod
@@ -43,15 +52,17 @@ class Trace:
             f = _open_h5(path, "r")
         except _UncleanFile as exc:  # only for non-SWMR writers; say what happened
             raise TraceError(f"{path}: the file is open for writing by another program ({exc})") from None
+        except _SHAPE_ERRORS as exc:
+            raise TraceError(f"{path}: damaged trace ({_first_line(exc)})") from None
         try:
             _check_is_trace(f, path)
             return cls(path, f)
         except TraceError:
             f.close()
             raise
-        except (KeyError, ValueError, OSError) as exc:
+        except _SHAPE_ERRORS as exc:
             f.close()
-            raise TraceError(f"{path}: damaged trace ({exc})") from None
+            raise TraceError(f"{path}: damaged trace ({_first_line(exc)})") from None
 
     # -- lifecycle
     def __enter__(self) -> "Trace":
@@ -70,27 +81,84 @@ class Trace:
         except Exception:
             pass
 
+    @contextlib.contextmanager
+    def _reading(self, part: str) -> Iterator[None]:
+        """Turn any failure to read ``part`` into one :class:`TraceError` naming it."""
+        try:
+            yield
+        except TraceError:
+            raise
+        except _SHAPE_ERRORS as exc:
+            raise TraceError(f"{self.path}: damaged trace: {part} cannot be read ({_first_line(exc)})") from None
+
+    def _check_layout(self) -> None:
+        """Every dataset is where the schema puts it, with the shape the file's attributes say."""
+        m = self.metadata
+        L, k, A = m.num_layers, m.top_k, len(m.renyi_alphas)
+        expected = {
+            "tokens/id": (), "tokens/text_bytes": (), "tokens/text_end": (),
+            "rows/entropy": (L,), "rows/topk_id": (L, k), "rows/topk_prob": (L, k), "rows/target_prob": (L,),
+            "rows/target_rank": (L,), "rows/output_entropy": (), "rows/renyi": (A, L),
+            "sequences/mean_profile": (L,), "sequences/meta_bytes": (), "sequences/meta_end": (),
+            "runs/meta_bytes": (), "runs/meta_end": (),
+            **{f"sequences/{name}": () for name in _INDEX_COLUMNS},
+        }
+        for name, tail in expected.items():
+            with self._reading(f"'/{name}'"):
+                ds = self._file.get(name)
+                if not isinstance(ds, h5py.Dataset):
+                    what = "missing" if ds is None else f"a {type(ds).__name__.lower()}, not a dataset"
+                    raise TraceError(f"{self.path}: damaged trace: '/{name}' is {what}")
+                if ds.shape[1:] != tail:
+                    raise TraceError(
+                        f"{self.path}: damaged trace: '/{name}' has shape {ds.shape}, but the file's attributes "
+                        f"(num_layers={L}, top_k={k}, {A} Rényi orders) say (rows, {', '.join(map(str, tail))})"
+                        if tail else f"{self.path}: damaged trace: '/{name}' has shape {ds.shape}, expected one axis"
+                    )
+
     # -- index
     def _load_index(self) -> None:
-        seqs = self._file["sequences"]
-        for ds in seqs.values():
-            ds.refresh()
-        # A sequence is complete once every index column has its entry (meta is written last).
-        n = min(seqs[name].shape[0] for name in _INDEX_COLUMNS + ("meta_end", "mean_profile"))
-        old = len(self._metas)
-        self._index = {name: seqs[name][:n] for name in _INDEX_COLUMNS}
-        self._mean_profiles: np.ndarray | None = None
-        if n > old:
-            self._metas.extend(json.loads(m) for m in _read_string_column(seqs, "meta", old, n))
-        for group in ("tokens", "rows"):
-            for ds in self._file[group].values():
+        with self._reading("the sequence index '/sequences'"):
+            seqs = self._file["sequences"]
+            for ds in seqs.values():
                 ds.refresh()
+            # A sequence is complete once every index column has its entry (meta is written last).
+            n = min(seqs[name].shape[0] for name in _INDEX_COLUMNS + ("meta_end", "mean_profile"))
+            old = min(len(self._metas), n)
+            index = {name: seqs[name][:n] for name in _INDEX_COLUMNS}
+            metas = [_parse_meta(m) for m in _read_string_column(seqs, "meta", old, n)] if n > old else []
+        # Metadata that does not parse at the end of the index belongs to a batch whose write
+        # failed (a full disk): those sequences were never committed. Elsewhere it marks one
+        # damaged sequence, which is reported when read while the others stay readable.
+        while metas and metas[-1] is None:
+            metas.pop()
+            n -= 1
+        self._index = {name: column[:n] for name, column in index.items()}
+        self._metas = self._metas[:old] + metas
+        self._mean_profiles: np.ndarray | None = None
+        with self._reading("the token and row data"):
+            for group in ("tokens", "rows"):
+                for ds in self._file[group].values():
+                    ds.refresh()
 
     def refresh(self) -> int:
-        """Pick up sequences completed since opening (or the last refresh); returns how many are new."""
+        """Pick up sequences completed since opening (or the last refresh); returns how many are new.
+
+        If the file at ``path`` was replaced (a writer recovered it after a crash), the new
+        file is opened in its place.
+        """
         before = len(self)
-        self._load_index()
+        if _identity(self.path) != self._identity:
+            self._reopen()
+        else:
+            self._load_index()
         return len(self) - before
+
+    def _reopen(self) -> None:
+        fresh = Trace.open(self.path)
+        self.close()
+        self.__dict__.update(fresh.__dict__)
+        fresh._file = None
 
     def __len__(self) -> int:
         return int(self._index["token_start"].shape[0])
@@ -104,23 +172,31 @@ class Trace:
         if not -n <= i < n:
             raise IndexError(f"{self.path}: sequence {i} out of range ({n} sequences)")
         i %= n
+        meta = self._metas[i]
+        if meta is None:
+            raise TraceError(f"{self.path}: damaged trace: the metadata of sequence {i} cannot be read")
         t0 = int(self._index["token_start"][i])
         nt = int(self._index["token_count"][i])
         r0 = int(self._index["row_start"][i])
         nr = int(self._index["row_count"][i])
-        rows = self._file["rows"]
-        meta = self._metas[i]
+        arrays: dict[str, Any] = {}
+        for field, part, start, count in (
+            ("token_ids", "tokens/id", t0, nt), ("entropy", "rows/entropy", r0, nr),
+            ("topk_ids", "rows/topk_id", r0, nr), ("topk_probs", "rows/topk_prob", r0, nr),
+            ("target_prob", "rows/target_prob", r0, nr), ("target_rank", "rows/target_rank", r0, nr),
+            ("output_entropy", "rows/output_entropy", r0, nr), ("renyi", "rows/renyi", r0, nr),
+        ):
+            with self._reading(f"sequence {i} ('/{part}')"):
+                values = self._file[part][start : start + count]
+                if len(values) != count or start < 0:
+                    raise ValueError(f"index points at rows {start}..{start + count}, the data has {self._file[part].shape[0]}")
+            arrays[field] = values
+        with self._reading(f"sequence {i} ('/tokens/text_bytes')"):
+            texts = tuple(_read_string_column(self._file["tokens"], "text", t0, t0 + nt))
         return SequenceRecord(
-            token_ids=self._file["tokens/id"][t0 : t0 + nt],
-            token_texts=tuple(_read_string_column(self._file["tokens"], "text", t0, t0 + nt)),
+            **arrays,
+            token_texts=texts,
             prompt_length=int(self._index["prompt_length"][i]),
-            entropy=rows["entropy"][r0 : r0 + nr],
-            topk_ids=rows["topk_id"][r0 : r0 + nr],
-            topk_probs=rows["topk_prob"][r0 : r0 + nr],
-            target_prob=rows["target_prob"][r0 : r0 + nr],
-            target_rank=rows["target_rank"][r0 : r0 + nr],
-            output_entropy=rows["output_entropy"][r0 : r0 + nr],
-            renyi=rows["renyi"][r0 : r0 + nr],
             renyi_alphas=self.metadata.renyi_alphas,
             labels=meta.get("labels", {}),
             prompt_text=meta.get("prompt_text", ""),
@@ -129,19 +205,24 @@ class Trace:
             index=i,
         )
 
+    @property
+    def damaged(self) -> list[int]:
+        """Indices of sequences whose metadata cannot be read (reading them raises :class:`TraceError`)."""
+        return [i for i, m in enumerate(self._metas) if m is None]
+
     # -- summaries
     @property
     def labels(self) -> list[dict[str, str]]:
         """Labels of every sequence, without loading any arrays."""
-        return [dict(m.get("labels", {})) for m in self._metas]
+        return [dict((m or {}).get("labels", {})) for m in self._metas]
 
     @property
     def prompt_texts(self) -> list[str]:
-        return [m.get("prompt_text", "") for m in self._metas]
+        return [(m or {}).get("prompt_text", "") for m in self._metas]
 
     @property
     def keys(self) -> list[str]:
-        return [m.get("key", "") for m in self._metas]
+        return [(m or {}).get("key", "") for m in self._metas]
 
     @property
     def sequence_lengths(self) -> np.ndarray:
@@ -159,7 +240,8 @@ class Trace:
         Stored in the index, so aggregates over many sequences need not load them.
         """
         if self._mean_profiles is None:
-            self._mean_profiles = self._file["sequences/mean_profile"][: len(self)]
+            with self._reading("the mean profiles '/sequences/mean_profile'"):
+                self._mean_profiles = self._file["sequences/mean_profile"][: len(self)]
         return self._mean_profiles.copy()
 
     @property
@@ -176,9 +258,10 @@ class Trace:
     def vocabulary(self) -> list[str]:
         """Decoded text of every token id, as the recording tokenizer gave it ([] if not stored)."""
         if self._vocabulary is None:
-            group = self._file.get("vocabulary")
-            n = group["text_end"].shape[0] if group is not None else 0
-            self._vocabulary = _read_string_column(group, "text", 0, n) if n else []
+            with self._reading("the vocabulary '/vocabulary'"):
+                group = self._file.get("vocabulary")
+                n = group["text_end"].shape[0] if group is not None else 0
+                self._vocabulary = _read_string_column(group, "text", 0, n) if n else []
         return self._vocabulary
 
     def token_text(self, token_id: int) -> str | None:
@@ -188,10 +271,13 @@ class Trace:
 
     def runs(self) -> list[dict[str, Any]]:
         """Settings of every ``generate()`` call recorded in the file."""
-        g = self._file["runs"]
-        g["meta_end"].refresh()
-        g["meta_bytes"].refresh()
-        return [json.loads(m) for m in _read_string_column(g, "meta", 0, g["meta_end"].shape[0])]
+        with self._reading("the run settings '/runs'"):
+            g = self._file["runs"]
+            g["meta_end"].refresh()
+            g["meta_bytes"].refresh()
+            runs = [_parse_meta(m) for m in _read_string_column(g, "meta", 0, g["meta_end"].shape[0])]
+        # The last run of a writer that failed may be incomplete; earlier ones are kept.
+        return [r if r is not None else {} for r in runs]
 
     def file_size(self) -> int:
         return self.path.stat().st_size
@@ -242,3 +328,20 @@ class Trace:
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+
+def _parse_meta(text: str) -> dict[str, Any] | None:
+    """A sequence's (or run's) JSON metadata, or None where it is damaged or was never written."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

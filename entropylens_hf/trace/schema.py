@@ -163,17 +163,14 @@ def _now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-
 def _check_is_trace(f: h5py.File, path: Path) -> None:
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
+    fmt = _attr(f, path, "format", _text, None)
     if fmt != FORMAT_NAME:
         raise TraceError(
             f"{path}: an HDF5 file, but not an entropylens trace (no format='{FORMAT_NAME}' attribute); "
             "record one with `entropylens record` or EntropyLens.record()"
         )
-    version = int(f.attrs.get("schema_version", -1))
+    version = _attr(f, path, "schema_version", _integer, -1)
     if version > SCHEMA_VERSION:
         raise TraceError(
             f"{path}: trace schema version {version} is newer than this entropylens-hf "
@@ -182,9 +179,14 @@ def _check_is_trace(f: h5py.File, path: Path) -> None:
     if version < 1:
         raise TraceError(f"{path}: trace has no valid schema_version attribute; the file is damaged")
     for group in ("tokens", "rows", "sequences", "runs"):
-        if group not in f:
+        try:
+            obj = f.get(group)
+        except (KeyError, OSError, RuntimeError) as exc:
+            raise TraceError(f"{path}: damaged trace: '/{group}' cannot be read ({_first_line(exc)})") from None
+        if obj is None:
             raise TraceError(f"{path}: trace is missing the '/{group}' group; the file is damaged")
-
+        if not isinstance(obj, h5py.Group):
+            raise TraceError(f"{path}: damaged trace: '/{group}' should be a group, not a {type(obj).__name__.lower()}")
 
 
 def _write_metadata_attrs(f: h5py.File, m: TraceMetadata) -> None:
@@ -206,23 +208,83 @@ def _alpha_to_json(a: float) -> float | str:
     return "inf" if np.isinf(a) else float(a)
 
 
-def _attr_str(f: h5py.File, name: str, default: str = "") -> str:
-    v = f.attrs.get(name, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
-def _read_metadata(f: h5py.File) -> TraceMetadata:
-    return TraceMetadata(
-        model_name=_attr_str(f, "model_name"),
-        num_layers=int(f.attrs["num_layers"]),
-        layer_names=tuple(json.loads(_attr_str(f, "layer_names", "[]"))),
-        vocab_size=int(f.attrs["vocab_size"]),
-        top_k=int(f.attrs["top_k"]),
-        renyi_alphas=tuple(float(a) for a in json.loads(_attr_str(f, "renyi_alphas", "[]"))),
-        tokenizer_name=_attr_str(f, "tokenizer_name"),
-        model_config=json.loads(_attr_str(f, "model_config", "{}")),
-        schema_version=int(f.attrs["schema_version"]),
-        library_version=_attr_str(f, "library_version"),
-        created_utc=_attr_str(f, "created_utc"),
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if not isinstance(v, str):
+        raise TypeError(f"a string expected, found {type(v).__name__}")
+    return v
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, np.ndarray) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"an integer expected, found {v!r}")
+    return int(v)
+
+
+def _json_list(v: Any) -> list:
+    value = json.loads(_text(v))
+    if not isinstance(value, list):
+        raise TypeError("a JSON list expected")
+    return value
+
+
+def _json_object(v: Any) -> dict:
+    value = json.loads(_text(v))
+    if not isinstance(value, dict):
+        raise TypeError("a JSON object expected")
+    return value
+
+
+def _alphas(v: Any) -> tuple[float, ...]:
+    values = tuple(float(a) for a in _json_list(v))
+    if any(np.isnan(a) or a < 0 for a in values):
+        raise ValueError("orders must be >= 0")
+    return values
+
+
+_MISSING = object()
+
+
+def _attr(f: h5py.File, path: Path, name: str, convert: Any, default: Any = _MISSING) -> Any:
+    """A file attribute converted by ``convert``; one :class:`TraceError` naming it if it is missing or malformed."""
+    try:
+        present = name in f.attrs
+        value = f.attrs[name] if present else None
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise TraceError(f"{path}: damaged trace: the file attributes cannot be read ({_first_line(exc)})") from None
+    if not present:
+        if default is _MISSING:
+            raise TraceError(f"{path}: damaged trace: the '{name}' attribute is missing")
+        return default
+    try:
+        return convert(value)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(f"{path}: damaged trace: the '{name}' attribute is malformed ({_first_line(exc)})") from None
+
+
+def _read_metadata(f: h5py.File, path: Path) -> TraceMetadata:
+    m = TraceMetadata(
+        model_name=_attr(f, path, "model_name", _text, ""),
+        num_layers=_attr(f, path, "num_layers", _integer),
+        layer_names=tuple(_attr(f, path, "layer_names", _json_list, [])),
+        vocab_size=_attr(f, path, "vocab_size", _integer),
+        top_k=_attr(f, path, "top_k", _integer),
+        renyi_alphas=_attr(f, path, "renyi_alphas", _alphas, ()),
+        tokenizer_name=_attr(f, path, "tokenizer_name", _text, ""),
+        model_config=_attr(f, path, "model_config", _json_object, {}),
+        schema_version=_attr(f, path, "schema_version", _integer),
+        library_version=_attr(f, path, "library_version", _text, ""),
+        created_utc=_attr(f, path, "created_utc", _text, ""),
     )
-
+    for name, value in (("num_layers", m.num_layers), ("vocab_size", m.vocab_size), ("top_k", m.top_k)):
+        if value < 1:
+            raise TraceError(f"{path}: damaged trace: the '{name}' attribute is {value}")
+    if len(m.layer_names) not in (0, m.num_layers):
+        raise TraceError(f"{path}: damaged trace: {len(m.layer_names)} layer_names for num_layers={m.num_layers}")
+    return m

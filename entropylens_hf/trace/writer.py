@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -22,14 +23,17 @@ from .schema import (
     _read_metadata,
     _write_metadata_attrs,
 )
+from .locking import WriterLock
 from .storage import (
+    SpaceReservation,
     _append,
     _append_strings,
     _create_column,
     _create_string_column,
     _open_h5,
-    _read_string_column,
     _UncleanFile,
+    write_budget,
+    write_error,
 )
 
 class TraceWriter:
@@ -44,13 +48,25 @@ class TraceWriter:
         self.path = Path(path)
         self.metadata = metadata
         self._vocabulary = vocabulary
-        if self.path.exists():
-            self._file = self._open_existing()
-        else:
-            if not self.path.parent.exists():
-                raise TraceError(f"{self.path}: the folder {self.path.parent} does not exist")
-            self._file = self._create()
-        self._file.swmr_mode = True
+        self._file: h5py.File | None = None
+        self._space: SpaceReservation | None = None
+        self._failed: TraceError | None = None
+        if not self.path.parent.is_dir():
+            raise TraceError(f"{self.path}: the folder {self.path.parent} does not exist")
+        # The lock comes before anything else: a live writer's file is never touched, and a
+        # file left open by a killed writer is recovered only once the lock proves it dead.
+        self._lock = WriterLock(self.path)
+        self._lock.acquire()
+        try:
+            if os.path.lexists(self.path):
+                self._file = self._open_existing()
+            else:
+                self._file = self._create()
+            self._file.swmr_mode = True
+            self._space = SpaceReservation(self.path)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle
     def __enter__(self) -> "TraceWriter":
@@ -60,19 +76,32 @@ class TraceWriter:
         self.close()
 
     def close(self) -> None:
-        if self._file is not None and self._file.id.valid:
-            self._file.flush()
-            self._file.close()
-        self._file = None
+        """Flush and close the file, then release the lock (safe to call twice)."""
+        try:
+            if self._file is not None and self._file.id.valid:
+                if self._failed is None:
+                    self._file.flush()
+                self._file.close()
+        except (OSError, RuntimeError):
+            if self._failed is None:
+                raise
+        finally:
+            self._file = None
+            if self._space is not None:
+                self._space.close()
+                self._space = None
+            self._lock.release()
 
     @property
     def num_sequences(self) -> int:
-        return int(self._file["sequences/token_start"].shape[0])
+        return int(self._writable()["sequences/token_start"].shape[0])
 
-    def existing_keys(self) -> set[str]:
-        """The ``key`` of every sequence in the file, for resuming a prompt list."""
-        n = self.num_sequences
-        return {json.loads(m).get("key", "") for m in _read_string_column(self._file["sequences"], "meta", 0, n)}
+    def _writable(self) -> h5py.File:
+        if self._failed is not None:
+            raise TraceError(f"{self.path}: this writer stopped after a failed write ({self._failed}); open a new one")
+        if self._file is None:
+            raise TraceError(f"{self.path}: the writer is closed")
+        return self._file
 
     # -- writing
     def begin_run(self, settings: Mapping[str, Any]) -> int:
@@ -80,17 +109,24 @@ class TraceWriter:
         return self._append_run({"started_utc": _now_utc(), **settings})
 
     def _append_run(self, meta: Mapping[str, Any]) -> int:
-        runs = self._file["runs"]
+        runs = self._writable()["runs"]
         run = int(runs["meta_end"].shape[0])
-        _append_strings(runs, "meta", [json.dumps(dict(meta), default=str)])
-        self._file.flush()
+        encoded = json.dumps(dict(meta), default=str)
+        with self._committing([runs["meta_bytes"], runs["meta_end"]], len(encoded.encode()) + 8):
+            _append_strings(runs, "meta", [encoded])
+            self._file.flush()
         return run
 
     def write(self, records: Sequence[SequenceRecord]) -> list[int]:
-        """Append complete sequences and flush; returns their indices in the file."""
+        """Append complete sequences and flush; returns their indices in the file.
+
+        Disk space for the whole batch is reserved first: a batch that does not fit raises
+        :class:`TraceError` ("no space left on device writing ...") before the file is
+        touched, and every sequence committed before stays readable.
+        """
         if not records:
             return []
-        f = self._file
+        f = self._writable()
         L, k, A = self.metadata.num_layers, self.metadata.top_k, len(self.metadata.renyi_alphas)
         for r in records:
             self._check_record(r, L, k, A)
@@ -98,43 +134,72 @@ class TraceWriter:
         tokens, rows, seqs = f["tokens"], f["rows"], f["sequences"]
         token_base = int(tokens["id"].shape[0])
         row_base = int(rows["entropy"].shape[0])
-
-        _append(tokens["id"], np.concatenate([r.token_ids for r in records]).astype(np.int32))
-        _append_strings(tokens, "text", [t for r in records for t in r.token_texts])
-        _append(rows["entropy"], np.concatenate([r.entropy for r in records]).astype(np.float32))
-        _append(rows["topk_id"], np.concatenate([r.topk_ids for r in records]).astype(np.int32))
-        _append(rows["topk_prob"], np.concatenate([r.topk_probs for r in records]).astype(np.float32))
-        _append(rows["target_prob"], np.concatenate([r.target_prob for r in records]).astype(np.float32))
-        _append(rows["target_rank"], np.concatenate([r.target_rank for r in records]).astype(np.int32))
-        _append(rows["output_entropy"], np.concatenate([r.output_entropy for r in records]).astype(np.float32))
-        _append(rows["renyi"], np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32))
-        # Data first, flushed; only then the index that makes the sequences visible.
-        f.flush()
-
-        token_starts, row_starts = [], []
-        t, rw = token_base, row_base
-        for r in records:
-            token_starts.append(t)
-            row_starts.append(rw)
-            t += len(r.token_ids)
-            rw += r.n_rows
-        first_index = int(seqs["token_start"].shape[0])
-        _append(seqs["token_start"], np.asarray(token_starts, dtype=np.int64))
-        _append(seqs["token_count"], np.asarray([len(r.token_ids) for r in records], dtype=np.int32))
-        _append(seqs["prompt_length"], np.asarray([r.prompt_length for r in records], dtype=np.int32))
-        _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
-        _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
-        _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
-        profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
-        _append(seqs["mean_profile"], profiles)
-        _append(seqs["mean_entropy"], profiles.mean(axis=1))
+        data = {
+            "id": np.concatenate([r.token_ids for r in records]).astype(np.int32),
+            "entropy": np.concatenate([r.entropy for r in records]).astype(np.float32),
+            "topk_id": np.concatenate([r.topk_ids for r in records]).astype(np.int32),
+            "topk_prob": np.concatenate([r.topk_probs for r in records]).astype(np.float32),
+            "target_prob": np.concatenate([r.target_prob for r in records]).astype(np.float32),
+            "target_rank": np.concatenate([r.target_rank for r in records]).astype(np.int32),
+            "output_entropy": np.concatenate([r.output_entropy for r in records]).astype(np.float32),
+            "renyi": np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32),
+        }
+        texts = [t for r in records for t in r.token_texts]
         metas = [
             json.dumps({"prompt_text": r.prompt_text, "labels": dict(r.labels), "key": r.key}, ensure_ascii=False)
             for r in records
         ]
-        _append_strings(seqs, "meta", metas)
-        f.flush()
+        new_bytes = sum(a.nbytes for a in data.values()) + sum(len(t.encode()) + 8 for t in texts + metas)
+        new_bytes += len(records) * (L * 4 + 64)
+        touched = [*tokens.values(), *rows.values(), *seqs.values()]
+        with self._committing(touched, new_bytes):
+            _append(tokens["id"], data.pop("id"))
+            _append_strings(tokens, "text", texts)
+            for name, values in data.items():
+                _append(rows[name], values)
+            # Data first, flushed; only then the index that makes the sequences visible.
+            f.flush()
+
+            token_starts, row_starts = [], []
+            t, rw = token_base, row_base
+            for r in records:
+                token_starts.append(t)
+                row_starts.append(rw)
+                t += len(r.token_ids)
+                rw += r.n_rows
+            first_index = int(seqs["token_start"].shape[0])
+            _append(seqs["token_start"], np.asarray(token_starts, dtype=np.int64))
+            _append(seqs["token_count"], np.asarray([len(r.token_ids) for r in records], dtype=np.int32))
+            _append(seqs["prompt_length"], np.asarray([r.prompt_length for r in records], dtype=np.int32))
+            _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
+            _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
+            _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
+            profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
+            _append(seqs["mean_profile"], profiles)
+            _append(seqs["mean_entropy"], profiles.mean(axis=1))
+            _append_strings(seqs, "meta", metas)
+            f.flush()
         return list(range(first_index, first_index + len(records)))
+
+    @contextlib.contextmanager
+    def _committing(self, datasets: Sequence[h5py.Dataset], new_bytes: int) -> Iterator[None]:
+        """Reserve disk space for a write, then run it; a failure becomes one :class:`TraceError`.
+
+        A failed reservation leaves the file untouched and the writer usable. A failure
+        inside HDF5 stops the writer: the file is closed without another write, and a
+        reader still sees every sequence committed before.
+        """
+        try:
+            self._space.reserve(write_budget(datasets, new_bytes))
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            self._failed = write_error(self.path, exc)
+            raise self._failed from None
+        finally:
+            self._space.release()
 
     def _check_record(self, r: SequenceRecord, L: int, k: int, A: int) -> None:
         n = r.n_rows
@@ -156,7 +221,10 @@ class TraceWriter:
     def _create(self) -> h5py.File:
         m = self.metadata
         tmp = self.path.with_name(self.path.name + ".partial")
-        f = h5py.File(tmp, "w", libver="latest")
+        try:
+            f = h5py.File(tmp, "w", libver="latest", locking=False)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
         try:
             _write_metadata_attrs(f, m)
             L, k, A = m.num_layers, m.top_k, len(m.renyi_alphas)
@@ -184,23 +252,29 @@ class TraceWriter:
             f.flush()
             f.close()
             os.replace(tmp, self.path)
-        except BaseException:
-            f.close()
+        except BaseException as exc:
+            try:
+                f.close()
+            except (OSError, RuntimeError):
+                pass
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, RuntimeError)):
+                raise write_error(self.path, exc) from None
             raise
-        return h5py.File(self.path, "a", libver="latest")
+        return _open_h5(self.path, "a")
 
     def _open_existing(self) -> h5py.File:
         try:
             f = _open_h5(self.path, "a")
         except _UncleanFile:
-            from .recovery import recover_trace
+            # We hold the lock, so the writer that left the file open is gone.
+            from .recovery import _recover
 
-            recover_trace(self.path)
+            _recover(self.path)
             f = _open_h5(self.path, "a")
         try:
             _check_is_trace(f, self.path)
-            existing = _read_metadata(f)
+            existing = _read_metadata(f, self.path)
             _check_compatible(self.path, existing, self.metadata)
         except BaseException:
             f.close()
