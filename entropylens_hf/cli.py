@@ -53,24 +53,85 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _check_output(option: str, out: Path) -> None:
+    """An output file can be written: its folder exists and is writable, and it is not a folder."""
+    if out.is_dir():
+        raise EntropyLensError(f"{option} {out}: is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise EntropyLensError(f"{option} {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise EntropyLensError(f"{option} {out}: not writable here (read-only folder or file); choose another place")
+
+
+def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
+    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders."""
+    for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                          ("--top-k", args.top_k)):
+        if value < 1:
+            raise EntropyLensError(f"{option} {value}: must be at least 1")
+    if args.sample and not args.temperature > 0:
+        raise EntropyLensError(f"--temperature {args.temperature}: must be above 0 when sampling (greedy: leave out --sample)")
+    if not 0 < args.top_p <= 1:
+        raise EntropyLensError(f"--top-p {args.top_p}: must be in (0, 1]")
+    alphas = _parse_alphas(args.renyi)
+    if any(not a >= 0 for a in alphas):
+        raise EntropyLensError(f"--renyi {args.renyi}: Rényi orders must be >= 0 (inf allowed)")
+    if args.device_map is None and args.device != "auto":
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    out = Path(args.out)
+    _check_output("--out", out)
+    from .prompts import read_prompts
+    from .trace import Trace
+    from .trace.locking import lock_holder
+
+    busy = lock_holder(out)
+    if busy is not None:
+        raise EntropyLensError(str(busy))
+    if out.exists():
+        Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
+    return read_prompts(args.prompts, _parse_labels(args.label)), alphas
+
+
+def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: int) -> None:
+    """Refuse a prompt that, with the tokens to generate, does not fit the model's context."""
+    config = model.config
+    context = next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                    if isinstance(getattr(config, name, None), int)), None)
+    if context is None:
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        n = len(tokenizer(prompt.text)["input_ids"]) if len(prompt.text) < 32 * context else None
+        if n is None or n + max_new_tokens > context:
+            size = f"{n} tokens" if n is not None else f"{len(prompt.text)} characters"
+            raise EntropyLensError(
+                f"prompt {number} ({size}) plus --max-new-tokens {max_new_tokens} exceeds the model's context of "
+                f"{context} positions; shorten the prompt or lower --max-new-tokens"
+            )
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not out.parent.exists():
-        raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
-    from .prompts import read_prompts, record_prompts
-
-    prompts = read_prompts(args.prompts, _parse_labels(args.label))
-    alphas = _parse_alphas(args.renyi)
+    prompts, alphas = _check_record_args(args)
     from transformers import set_seed
 
     from .loading import load_model
+    from .prompts import record_prompts
     from .recorder import EntropyLens
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
-    lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                       record_prompt=not args.no_prompt_rows, model_name=args.model)
+    try:
+        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
+                           record_prompt=not args.no_prompt_rows, model_name=args.model)
+    except ValueError as exc:
+        raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
+    _check_prompt_lengths(prompts, tokenizer, model, args.max_new_tokens)
     recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size,
                                        progress=not args.quiet, **_generation_kwargs(args))
     note = f", skipped {skipped} already in the file" if skipped else ""
@@ -139,6 +200,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out) if args.out else Path(args.trace).with_suffix(f".{args.to}")
+    _check_output("--out", out)
     with Trace.open(args.trace) as trace:
         try:
             frame = trace.to_dataframe(layout=args.layout)
@@ -181,6 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out)
+    _check_output("--out", out)
     if out.exists() and not args.keep:
         out.unlink()
     model, tokenizer = default_model()

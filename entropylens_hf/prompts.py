@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import EntropyLensError
+from .trace.schema import label_texts
 
 __all__ = ["Prompt", "read_prompts", "record_prompts"]
 
@@ -41,7 +42,14 @@ def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None
     path = Path(path)
     if not path.is_file():
         raise EntropyLensError(f"{path}: no such prompts file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        # Lines end at "\n" only: str.splitlines() would also split at U+2028 or U+0085, which
+        # JSON strings may hold raw (json.dumps(..., ensure_ascii=False) writes them so).
+        lines = [line.removesuffix("\r") for line in path.read_bytes().decode("utf-8").split("\n")]
+    except UnicodeDecodeError as exc:
+        raise EntropyLensError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     first = next((ln for ln in lines if ln.strip()), "")
     is_jsonl = path.suffix == ".jsonl" or first.lstrip().startswith("{")
     prompts = []
@@ -62,7 +70,10 @@ def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None
             text, labels = line, {}
         if not text.strip():
             raise EntropyLensError(f"{path} line {number}: empty prompt")
-        labels = {**(extra_labels or {}), **{str(k): str(v) for k, v in labels.items()}}
+        try:
+            labels = {**(extra_labels or {}), **label_texts(labels)}
+        except ValueError as exc:
+            raise EntropyLensError(f"{path} line {number}: {exc}") from None
         prompts.append(Prompt(text, labels))
     if not prompts:
         raise EntropyLensError(f"{path}: contains no prompts")
@@ -87,6 +98,8 @@ def record_prompts(
 
     from .trace import Trace
 
+    if batch_size < 1:
+        raise EntropyLensError(f"batch_size must be at least 1, got {batch_size}")
     if lens.tokenizer is None:
         raise EntropyLensError("recording text prompts needs a tokenizer: EntropyLens(model, tokenizer)")
     done: set[str] = set()

@@ -159,6 +159,25 @@ class SequenceRecord:
         )
 
 
+def label_texts(labels: Mapping[Any, Any]) -> dict[str, str]:
+    """Labels as stored: strings as they are, numbers and booleans as their JSON text.
+
+    ``{"n": 3, "ok": True}`` is stored as ``{"n": "3", "ok": "true"}``. ``None``, lists and
+    objects are refused (:class:`ValueError` naming the label): there is no one obvious
+    text for them, and a Python repr such as ``"{'b': 1}"`` is no label anyone filters by.
+    """
+    out = {}
+    for key, value in labels.items():
+        if isinstance(value, str):
+            out[str(key)] = value
+        elif isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
+            out[str(key)] = json.dumps(value.item() if isinstance(value, np.generic) else value)
+        else:
+            kind = "null" if value is None else type(value).__name__
+            raise ValueError(f"label {key!r} has a {kind} value; labels are strings, numbers or booleans")
+    return out
+
+
 def _now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

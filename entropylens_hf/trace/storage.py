@@ -184,7 +184,7 @@ def write_error(path: Path, exc: BaseException) -> TraceError:
                          (errno.EDQUOT, "disk quota exceeded")):
         if getattr(exc, "errno", None) == number or f"errno = {number}," in text:
             return TraceError(
-                f"{what} writing {path}; the sequences committed before are kept, free space and run again to resume"
+                f"{what} writing {path}; the sequences committed before are kept, make room and run again to resume"
             )
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return TraceError(f"cannot write {path} ({first}); the sequences committed before are kept")
