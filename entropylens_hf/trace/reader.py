@@ -325,8 +325,13 @@ class Trace:
                 cols["top1_id"] = s.topk_ids[:, :, 0].reshape(-1)
                 cols["top1_prob"] = s.topk_probs[:, :, 0].reshape(-1)
                 frames.append(pd.DataFrame(cols))
-        if not frames:
-            return pd.DataFrame()
+        if not frames:  # no sequences: the same columns, no rows (a CSV still gets its header)
+            base = ["sequence", "position", "token_id", "token", "is_prompt", *(f"label_{k}" for k in label_keys)]
+            if layout == "wide":
+                columns = [*base, "output_entropy", *(f"entropy_{layer}" for layer in range(self.metadata.num_layers))]
+            else:
+                columns = [*base, "layer", "entropy", "target_prob", "target_rank", "top1_id", "top1_prob"]
+            return pd.DataFrame(columns=columns)
         return pd.concat(frames, ignore_index=True)
 
 
