@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ._version import __version__
 from .errors import EntropyLensError
+from .outputs import check_output
 
 __all__ = ["main"]
 
@@ -53,16 +54,6 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _check_output(option: str, out: Path) -> None:
-    """An output file can be written: its folder exists and is writable, and it is not a folder."""
-    if out.is_dir():
-        raise EntropyLensError(f"{option} {out}: is a directory; give a file name")
-    if not out.parent.is_dir():
-        raise EntropyLensError(f"{option} {out}: the folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise EntropyLensError(f"{option} {out}: not writable here (read-only folder or file); choose another place")
-
-
 def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
     """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders."""
     for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
@@ -84,7 +75,7 @@ def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
         except RuntimeError:
             raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
     out = Path(args.out)
-    _check_output("--out", out)
+    check_output("--out", out)
     from .prompts import read_prompts
     from .trace import Trace
     from .trace.locking import lock_holder
@@ -200,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out) if args.out else Path(args.trace).with_suffix(f".{args.to}")
-    _check_output("--out", out)
+    check_output("--out", out)
     with Trace.open(args.trace) as trace:
         try:
             frame = trace.to_dataframe(layout=args.layout)
@@ -243,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out)
-    _check_output("--out", out)
+    check_output("--out", out)
     if out.exists() and not args.keep:
         out.unlink()
     model, tokenizer = default_model()

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .errors import EntropyLensError
 from .trace.schema import label_texts
 
-__all__ = ["Prompt", "read_prompts", "record_prompts"]
+__all__ = ["Prompt", "read_prompts", "record_prompts", "read_text", "read_lines"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,25 @@ class Prompt:
         return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; anything else is one :class:`EntropyLensError` naming the first bad byte."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EntropyLensError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text or JSONL file, split at "\n" only (a "\r" before it is dropped).
+
+    ``str.splitlines()`` would also split at U+2028, U+0085 and other separators, which JSON
+    strings may hold raw (``json.dumps(..., ensure_ascii=False)`` writes them so).
+    """
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
+
+
 def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None = None) -> list[Prompt]:
     """Read prompts: JSONL (``{"prompt": ..., "labels": {...}}`` per line) or plain text, one per line.
 
@@ -42,14 +61,7 @@ def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None
     path = Path(path)
     if not path.is_file():
         raise EntropyLensError(f"{path}: no such prompts file")
-    try:
-        # Lines end at "\n" only: str.splitlines() would also split at U+2028 or U+0085, which
-        # JSON strings may hold raw (json.dumps(..., ensure_ascii=False) writes them so).
-        lines = [line.removesuffix("\r") for line in path.read_bytes().decode("utf-8").split("\n")]
-    except UnicodeDecodeError as exc:
-        raise EntropyLensError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
-        ) from None
+    lines = read_lines(path)
     first = next((ln for ln in lines if ln.strip()), "")
     is_jsonl = path.suffix == ".jsonl" or first.lstrip().startswith("{")
     prompts = []

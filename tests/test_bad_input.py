@@ -217,3 +217,18 @@ def test_exporting_an_empty_trace_writes_the_header(tmp_path):
     assert (tmp_path / "x.csv").read_text().splitlines() == [
         "sequence,position,token_id,token,is_prompt,output_entropy,entropy_0,entropy_1,entropy_2"
     ]
+
+
+def test_analysis_commands_check_their_files_before_working(tmp_path, capsys, no_model_load):
+    trace = tmp_path / "t.h5"
+    TraceWriter(trace, META).close()
+    assert main(["fingerprint", str(trace), "--out", str(tmp_path)]) == 2  # matplotlib wrote DIR.png before
+    assert "is a directory; give a file name" in _one_line(capsys, "fingerprint")
+    assert not tmp_path.with_suffix(".png").exists()
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
+    for option in ("--text", "--mc"):
+        assert main(["skip-eval", "default", option, str(latin1)]) == 2
+        assert "not UTF-8 text (byte 0xe9 at offset 3)" in _one_line(capsys, "skip-eval")
+    assert main(["skip-eval", "default", "--trace", str(tmp_path / "missing.h5")]) == 2
+    assert "no such trace file" in _one_line(capsys, "skip-eval")
