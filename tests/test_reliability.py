@@ -104,6 +104,20 @@ def test_a_lock_left_by_a_killed_writer_does_not_block_and_recovery_keeps_its_se
         assert [s.token_ids.tolist() for s in list(trace)[:4]] == finished and len(trace) == kept + 1
 
 
+def test_an_interrupted_writer_closes_the_file_and_releases_the_lock(tmp_path):
+    path = tmp_path / "t.h5"
+    with _worker(path, wait_for=3) as (proc, finished):
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert not path.with_name("t.h5.lock").exists()
+    inode = path.stat().st_ino
+    with Trace.open(path) as trace:
+        assert [s.token_ids.tolist() for s in list(trace)[:3]] == finished
+        meta = trace.metadata
+    TraceWriter(path, meta).close()  # closed cleanly: appending needs no recovery
+    assert path.stat().st_ino == inode
+
+
 def test_recover_trace_refuses_a_file_a_live_writer_holds(tmp_path):
     path = tmp_path / "t.h5"
     with _worker(path) as (proc, _):
