@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ._version import __version__
 from .errors import EntropyLensError
+from .outputs import check_output
 
 __all__ = ["main"]
 
@@ -53,25 +54,83 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
+    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders."""
+    for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                          ("--top-k", args.top_k)):
+        if value < 1:
+            raise EntropyLensError(f"{option} {value}: must be at least 1")
+    if args.sample and not args.temperature > 0:
+        raise EntropyLensError(f"--temperature {args.temperature}: must be above 0 when sampling (greedy: leave out --sample)")
+    if not 0 < args.top_p <= 1:
+        raise EntropyLensError(f"--top-p {args.top_p}: must be in (0, 1]")
+    alphas = _parse_alphas(args.renyi)
+    if any(not a >= 0 for a in alphas):
+        raise EntropyLensError(f"--renyi {args.renyi}: Rényi orders must be >= 0 (inf allowed)")
+    if args.device_map is None and args.device != "auto":
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    out = Path(args.out)
+    check_output("--out", out)
+    from .prompts import read_prompts
+    from .trace import Trace
+    from .trace.locking import lock_holder
+
+    busy = lock_holder(out)
+    if busy is not None:
+        raise EntropyLensError(str(busy))
+    if out.exists():
+        Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
+    return read_prompts(args.prompts, _parse_labels(args.label)), alphas
+
+
+def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: int, *, chat: bool = False) -> None:
+    """Refuse a prompt that, with the tokens to generate, does not fit the model's context.
+
+    With ``chat`` the length is that of the rendered chat template, which is what generates.
+    """
+    from .prompts import tokenize_prompts
+
+    config = model.config
+    context = next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                    if isinstance(getattr(config, name, None), int)), None)
+    if context is None:
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        short = len(prompt.text) < 32 * context
+        n = int(tokenize_prompts(tokenizer, [prompt], chat=chat)[0]["input_ids"].shape[1]) if short else None
+        if n is None or n + max_new_tokens > context:
+            size = f"{n} tokens" if n is not None else f"{len(prompt.text)} characters"
+            raise EntropyLensError(
+                f"prompt {number} ({size}) plus --max-new-tokens {max_new_tokens} exceeds the model's context of "
+                f"{context} positions; shorten the prompt or lower --max-new-tokens"
+            )
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not out.parent.exists():
-        raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
-    from .prompts import read_prompts, record_prompts
-
-    prompts = read_prompts(args.prompts, _parse_labels(args.label))
-    alphas = _parse_alphas(args.renyi)
+    prompts, alphas = _check_record_args(args)
     from transformers import set_seed
 
     from .loading import load_model
+    from .prompts import record_prompts
     from .recorder import EntropyLens
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
-    lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                       record_prompt=not args.no_prompt_rows, model_name=args.model)
-    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=args.chat,
+    try:
+        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
+                           record_prompt=not args.no_prompt_rows, model_name=args.model)
+    except ValueError as exc:
+        raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
+    chat = args.chat or any(p.messages for p in prompts)
+    _check_prompt_lengths(prompts, tokenizer, model, args.max_new_tokens, chat=chat)
+    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat,
                                        progress=not args.quiet, **_generation_kwargs(args))
     note = f", skipped {skipped} already in the file" if skipped else ""
     print(f"recorded {recorded} prompt(s) into {out}{note}")
@@ -139,6 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out) if args.out else Path(args.trace).with_suffix(f".{args.to}")
+    check_output("--out", out)
     with Trace.open(args.trace) as trace:
         try:
             frame = trace.to_dataframe(layout=args.layout)
@@ -181,6 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .trace import Trace
 
     out = Path(args.out)
+    check_output("--out", out)
     if out.exists() and not args.keep:
         out.unlink()
     model, tokenizer = default_model()

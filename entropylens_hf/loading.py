@@ -8,8 +8,11 @@ folder, or a hub id.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -67,9 +70,10 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_m
     target = resolve_device(device) if device_map is None else "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, target)
     source, extra = (str(gguf.parent), {"gguf_file": gguf.name}) if gguf is not None else (name, {})
+    offline = _check_source(name) if gguf is None else False
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype, **extra}
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline, **extra)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": offline, **extra}
         if device_map is not None:
             kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -81,6 +85,11 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_m
                                    f"({str(exc).splitlines()[0]})") from None
         raise EntropyLensError(f"{name}: cannot load the model ({str(exc).splitlines()[0]})") from None
     except (OSError, ImportError) as exc:
+        if offline:
+            raise EntropyLensError(
+                f"{name}: not a local folder, not in the local Hugging Face cache, and the hub cannot be reached "
+                "from this machine (no network); download it where there is network, or give a local folder"
+            ) from None
         raise EntropyLensError(
             f"{name}: cannot load the model ({str(exc).splitlines()[0]}); give a local folder with config.json, "
             "weights and tokenizer files, a hub id reachable from this machine, or 'default' for the bundled model"
@@ -129,3 +138,35 @@ def _gguf_architecture(path: Path) -> str:
         raise EntropyLensError(f"{path}: a GGUF file without general.architecture; cannot tell which model it holds") from None
     except (ValueError, OSError) as exc:
         raise EntropyLensError(f"{path}: not a readable GGUF file ({str(exc).splitlines()[0]})") from None
+
+
+def _check_source(name: str) -> bool:
+    """Say early what ``name`` cannot be; returns True when a hub id must be loaded offline.
+
+    A folder needs a ``config.json`` (transformers' own error for one without it names the
+    tokenizer backend instead). A hub id without a reachable hub would otherwise retry for
+    about a minute before failing, so the hub is probed once (3 s) and, when it does not
+    answer, the model is loaded from the local cache only.
+    """
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise EntropyLensError(
+                f"{name}: a folder without config.json, so not a Hugging Face model folder; "
+                "give the folder that save_pretrained() wrote (config.json, weights, tokenizer files)"
+            )
+        return False
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise EntropyLensError(f"{name}: no such model folder")
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return True
+    return not _hub_reachable()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True

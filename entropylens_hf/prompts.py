@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import EntropyLensError
+from .trace.schema import label_texts
 
-__all__ = ["Prompt", "read_prompts", "record_prompts", "tokenize_prompts"]
+__all__ = ["Prompt", "read_prompts", "record_prompts", "tokenize_prompts", "read_text", "read_lines"]
 
 Message = Mapping[str, str]
 
@@ -54,6 +55,25 @@ class Prompt:
         return Prompt(self.text, self.labels, ({"role": "user", "content": self.text},))
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; anything else is one :class:`EntropyLensError` naming the first bad byte."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EntropyLensError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text or JSONL file, split at "\n" only (a "\r" before it is dropped).
+
+    ``str.splitlines()`` would also split at U+2028, U+0085 and other separators, which JSON
+    strings may hold raw (``json.dumps(..., ensure_ascii=False)`` writes them so).
+    """
+    return [line.removesuffix("\r") for line in read_text(path).split("\n")]
+
+
 def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None = None) -> list[Prompt]:
     """Read prompts: JSONL (``{"prompt": ..., "labels": {...}}`` per line) or plain text, one per line.
 
@@ -64,7 +84,7 @@ def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None
     path = Path(path)
     if not path.is_file():
         raise EntropyLensError(f"{path}: no such prompts file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(path)
     first = next((ln for ln in lines if ln.strip()), "")
     is_jsonl = path.suffix == ".jsonl" or first.lstrip().startswith("{")
     prompts = []
@@ -89,7 +109,10 @@ def read_prompts(path: str | os.PathLike, extra_labels: Mapping[str, str] | None
             text, labels, messages = line, {}, ()
         if not text.strip():
             raise EntropyLensError(f"{path} line {number}: empty prompt")
-        labels = {**(extra_labels or {}), **{str(k): str(v) for k, v in labels.items()}}
+        try:
+            labels = {**(extra_labels or {}), **label_texts(labels)}
+        except ValueError as exc:
+            raise EntropyLensError(f"{path} line {number}: {exc}") from None
         prompts.append(Prompt(text, labels, messages))
     if not prompts:
         raise EntropyLensError(f"{path}: contains no prompts")
@@ -116,6 +139,8 @@ def record_prompts(
 
     from .trace import Trace
 
+    if batch_size < 1:
+        raise EntropyLensError(f"batch_size must be at least 1, got {batch_size}")
     if lens.tokenizer is None:
         raise EntropyLensError("recording text prompts needs a tokenizer: EntropyLens(model, tokenizer)")
     chat = chat or any(p.messages for p in prompts)

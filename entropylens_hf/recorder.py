@@ -34,6 +34,7 @@ from .errors import EntropyLensError, UnsupportedGenerationError
 from .lens import LogitLens
 from .metrics import entropy as shannon_entropy
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
+from .trace.schema import label_texts
 
 __all__ = ["EntropyLens", "TraceRecorder"]
 
@@ -113,6 +114,7 @@ class EntropyLens:
         Each finished call is written and flushed at once, so an interrupted run keeps
         every call completed before it. ``labels`` are attached to every sequence.
         """
+        labels = label_texts(labels or {})  # refused before the file is opened
         writer = None
         if path is not None:
             vocabulary = None if Path(path).exists() else self.vocabulary()
@@ -205,7 +207,7 @@ class TraceRecorder(LogitsProcessor):
     def __init__(self, lens: EntropyLens, writer: TraceWriter | None, labels: dict[str, Any]):
         self.lens = lens
         self.writer = writer
-        self.labels = {str(k): str(v) for k, v in labels.items()}
+        self.labels = label_texts(labels)
         # Kept in memory only without a trace file; with one, the file holds them.
         self.records: list[SequenceRecord] = []
         self.last_records: list[SequenceRecord] = []
@@ -230,7 +232,17 @@ class TraceRecorder(LogitsProcessor):
         model = self.lens.model
         _refuse_unsupported_modes(model, kwargs)
         input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        if isinstance(input_ids, (str, list, tuple)):
+            raise UnsupportedGenerationError(
+                "generate needs token ids, not text or a list: tokenize first, "
+                "model.generate(**tokenizer(texts, return_tensors='pt', padding=True))"
+            )
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() != 2:
+            raise UnsupportedGenerationError(
+                f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}; "
+                "add a batch axis with input_ids[None] or tokenize with return_tensors='pt'"
+            )
+        if not isinstance(input_ids, torch.Tensor):
             raise UnsupportedGenerationError(
                 "the recorder needs token ids: call generate(input_ids=...) (or **tokenizer(...)), "
                 "not inputs_embeds alone"
@@ -298,7 +310,7 @@ class TraceRecorder(LogitsProcessor):
             per_row = [dict(g) for g in given]
             if len(per_row) != batch:
                 raise ValueError(f"got {len(per_row)} label mappings for a batch of {batch} prompts")
-        return [{**self.labels, **{str(k): str(v) for k, v in lab.items()}} for lab in per_row]
+        return [{**self.labels, **label_texts(lab)} for lab in per_row]
 
     def _call_keys(self, batch: int) -> list[str]:
         keys = list(self._next_keys) if self._next_keys is not None else [""] * batch
@@ -309,6 +321,11 @@ class TraceRecorder(LogitsProcessor):
     # ------------------------------------------------------------------ per step
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         state = self._state
+        if state is None and self._capture is not None:
+            raise EntropyLensError(
+                "TraceRecorder called by the generate of a model it does not record: inside "
+                f"`lens.record(...)` call generate on the lens's own model ({type(self.lens.model).__name__})"
+            )
         if state is None or self._capture is None:
             raise EntropyLensError(
                 "TraceRecorder called outside its recording: call model.generate inside "

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import EntropyLensError
+from ..outputs import check_output
 
 __all__ = ["register", "BUNDLED_MC"]
 
@@ -58,7 +59,9 @@ def _read_texts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise EntropyLensError(f"--text {path}: no such file")
-    paragraphs = [p.strip() for p in file.read_text(encoding="utf-8").split("\n\n")]
+    from ..prompts import read_text
+
+    paragraphs = [p.strip() for p in read_text(file).replace("\r\n", "\n").split("\n\n")]
     paragraphs = [p for p in paragraphs if p]
     if not paragraphs:
         raise EntropyLensError(f"--text {path}: the file holds no text")
@@ -85,6 +88,10 @@ def cmd_skip_eval(args: argparse.Namespace) -> int:
 
     items = read_multiple_choice(args.mc)[: args.limit] if args.mc else None
     texts = None if items is not None else (_read_texts(args.text) if args.text else _default_texts())[: args.limit]
+    if args.trace:
+        from ..trace import Trace
+
+        Trace.open(args.trace).close()  # a missing or damaged trace is refused before the model loads
     model, tokenizer = load_model(args.model, device=args.device, dtype="float32")
     profile, source = None, ""
     if args.trace:
@@ -112,8 +119,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.points < 2:
         raise EntropyLensError(f"--points {args.points}: at least 2 depth points are needed")
-    if not out.parent.exists():
-        raise EntropyLensError(f"--out {out}: the folder {out.parent} does not exist")
+    check_output("--out", out)
     result = fingerprint_traces(args.traces, method=args.method, points=args.points, alpha=args.alpha, seed=args.seed)
     plot_fingerprint(result, out)
     counts = {m: result.models.count(m) for m in dict.fromkeys(result.models)}

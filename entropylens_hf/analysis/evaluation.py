@@ -27,6 +27,7 @@ import torch
 from ..capture import ResidualCapture
 from ..lens import LogitLens
 from ..metrics import entropy, renyi_entropy
+from ..prompts import read_lines
 from ._support import AnalysisError
 
 __all__ = [
@@ -59,7 +60,7 @@ def read_multiple_choice(path: str | os.PathLike) -> list[MultipleChoiceItem]:
     if not path.is_file():
         raise AnalysisError(f"{path}: no such multiple-choice file")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"

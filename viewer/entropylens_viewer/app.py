@@ -106,6 +106,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.state.traces_changed.connect(self._render_traces)
         self.state.sequence_changed.connect(self._render_status)
+        self.state.problem.connect(lambda message: QtWidgets.QMessageBox.warning(self, "Damaged trace", message))
         self.state.row_changed.connect(self._render_status)
         self.live_timer = QtCore.QTimer(self, interval=LIVE_REFRESH_MS)
         self.live_timer.timeout.connect(self.refresh_live)

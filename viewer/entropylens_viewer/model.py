@@ -105,6 +105,7 @@ class ViewerState:
         self.row_changed = Signal()
         self.layer_changed = Signal()
         self.playback_changed = Signal()
+        self.problem = Signal()  # a one-line TraceError met while browsing (a damaged sequence)
 
     # ------------------------------------------------------------------ traces
     def open(self, path: str | Path) -> OpenTrace:
@@ -114,7 +115,13 @@ class ViewerState:
             if t.path.resolve() == path.resolve():
                 self.set_current_trace(i)
                 return t
-        opened = OpenTrace(path, Trace.open(path))
+        trace = Trace.open(path)
+        try:
+            trace.mean_profiles  # read at once by the aggregate views: refuse a file where they are damaged
+        except TraceError:
+            trace.close()
+            raise
+        opened = OpenTrace(path, trace)
         self.traces.append(opened)
         self.set_current_trace(len(self.traces) - 1)
         self.traces_changed.emit()  # after the switch, so listeners see the new trace as current
@@ -185,6 +192,11 @@ class ViewerState:
         ]
 
     def select_sequence(self, index: int) -> None:
+        try:
+            self.trace.sequence(index)
+        except TraceError as exc:  # a damaged sequence: say so, keep the others browsable
+            self.problem.emit(str(exc))
+            return
         self.sequence_index = index
         self.row = None
         self.layer = self.num_layers - 1 if not self.playing else self.layer

@@ -157,3 +157,31 @@ def test_the_trace_list_names_the_trace_being_shown(window, recorded_trace, tmp_
     assert window.trace_box.currentText().startswith("second.h5") and window.state.current == 1
     window.close_current()
     assert window.trace_box.count() == 1 and window.trace_box.currentText().startswith(recorded_trace.name)
+
+
+def test_a_damaged_trace_or_sequence_gets_a_message_and_the_window_keeps_working(window, tmp_path, monkeypatch,
+                                                                                  recorded_trace):
+    import json
+    import shutil
+
+    import h5py
+
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning", lambda *args: shown.append(args[2]))
+    mismatched = tmp_path / "mismatched.h5"
+    shutil.copy(recorded_trace, mismatched)
+    with h5py.File(mismatched, "a") as f:  # num_layers that disagrees with the data
+        f.attrs["num_layers"] = 9
+        f.attrs["layer_names"] = json.dumps([f"l{i}" for i in range(9)])
+    assert not window.open_path(mismatched)
+    assert len(shown) == 1 and "'/rows/entropy' has shape" in shown[0] and str(mismatched) in shown[0]
+
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(recorded_trace, damaged)
+    with h5py.File(damaged, "a") as f:  # sequence 0's metadata unreadable
+        f["sequences/meta_bytes"][0] = ord("]")
+    assert window.open_path(damaged)
+    assert len(shown) == 2 and "metadata of sequence 0 cannot be read" in shown[1]
+    assert window.isVisible() and window.table_model.rowCount() == 3
+    window.state.select_sequence(1)
+    assert window.state.sequence is not None and window.state.sequence.index == 1

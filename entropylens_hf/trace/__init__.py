@@ -1,0 +1,18 @@
+"""The HDF5 trace format: schema, :class:`TraceWriter` and :class:`Trace` (the reader).
+
+One module per part: :mod:`.schema` (layout, version, records, file attributes),
+:mod:`.storage` (opening files, extendable columns), :mod:`.writer`, :mod:`.reader` and
+:mod:`.recovery` (a file left open by a killed writer). Nothing here knows about models
+or imports torch, so the viewer can use it.
+"""
+
+from __future__ import annotations
+
+from ..errors import TraceError
+from .reader import Trace
+from .recovery import recover_trace
+from .schema import FORMAT_NAME, SCHEMA_VERSION, SequenceRecord, TraceMetadata
+from .writer import TraceWriter
+
+__all__ = ["SCHEMA_VERSION", "FORMAT_NAME", "TraceMetadata", "SequenceRecord", "TraceWriter", "Trace", "TraceError",
+           "recover_trace"]

@@ -1,0 +1,55 @@
+"""Recover a trace left open by a killed writer."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import TraceError
+from .locking import WriterLock
+from .reader import Trace
+from .writer import TraceWriter
+
+
+def recover_trace(path: str | os.PathLike) -> int:
+    """Rewrite a trace left open by a killed writer, keeping its complete sequences.
+
+    Returns how many sequences were kept. Partial rows written after the last complete
+    sequence are dropped, and so are sequences that cannot be read (damaged). The original
+    is replaced atomically. Refused while a live writer holds the file.
+    """
+    path = Path(path)
+    lock = WriterLock(path)
+    lock.acquire()
+    try:
+        return _recover(path)
+    finally:
+        lock.release()
+
+
+def _recover(path: Path) -> int:
+    """:func:`recover_trace` for a caller that holds the writer lock."""
+    with Trace.open(path) as src:
+        meta = src.metadata
+        records = []
+        for i in range(len(src)):
+            try:
+                records.append(src[i])
+            except TraceError:
+                continue
+        runs = src.runs()
+        vocabulary = src.vocabulary
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".recover", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        with TraceWriter(tmp, meta, vocabulary=vocabulary) as w:
+            for run in runs:
+                w._append_run(run)
+            w.write(records)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(records)
