@@ -44,6 +44,22 @@ def _parse_alphas(text: str | None) -> list[float]:
         raise EntropyLensError(f"--renyi {text!r}: expected comma-separated orders, e.g. 0,2,inf") from None
 
 
+def _prompt_rows(args: argparse.Namespace) -> bool | str:
+    """``record_prompt`` from --prompt-rows / --no-prompt-rows, checked before the model loads."""
+    from .recorder import parse_prompt_rows
+
+    if args.no_prompt_rows:
+        if args.prompt_rows not in (None, "none"):
+            raise EntropyLensError(f"--no-prompt-rows contradicts --prompt-rows {args.prompt_rows}; give one of them")
+        return False
+    value = args.prompt_rows or "all"
+    try:
+        parse_prompt_rows(value)
+    except ValueError:
+        raise EntropyLensError(f"--prompt-rows {value!r}: expected all, none or last:N with N >= 1, e.g. last:64") from None
+    return value
+
+
 def _generation_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.sample:
@@ -61,6 +77,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts, _parse_labels(args.label))
     alphas = _parse_alphas(args.renyi)
+    prompt_rows = _prompt_rows(args)
     from transformers import set_seed
 
     from .loading import load_model
@@ -70,7 +87,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.seed is not None:
         set_seed(args.seed)
     lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                       record_prompt=not args.no_prompt_rows, model_name=args.model)
+                       record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model)
     recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size,
                                        progress=not args.quiet, **_generation_kwargs(args))
     note = f", skipped {skipped} already in the file" if skipped else ""
@@ -244,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
     rec.add_argument("--renyi", default=None, help="extra Rényi orders to record, e.g. 0,2,inf")
     rec.add_argument("--no-prompt-rows", action="store_true", help="record generated tokens only")
+    rec.add_argument("--prompt-rows", default=None, metavar="all|none|last:N",
+                     help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
+    rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)

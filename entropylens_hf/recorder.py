@@ -252,7 +252,7 @@ class _HostBlock:
             self._event = torch.cuda.Event()
             self._event.record()
         else:
-            self._host = {k: v.cpu() for k, v in tensors.items()}
+            self._host = {k: v if v.device.type == "cpu" else v.cpu() for k, v in tensors.items()}
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self._event is not None:
