@@ -61,7 +61,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=96)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = real_model(args.model, device=args.device)
     rows, targets, lens, positions = lens_rows(model, tokenizer, args.prompts, args.tokens)
@@ -71,7 +74,7 @@ def main() -> None:
         variants.append(("bfloat16 -> float32 out (emulated)", torch.bfloat16, _float32_output_emulated))
     results = {}
     for name, dtype, product in variants:
-        patch = mock.patch.object(lens_module, "_float32_product", lambda device, d, p=product: p) if product else None
+        patch = mock.patch.object(lens_module, "_product_for", lambda device, d, p=product: p) if product else None
         start = time.perf_counter()
         with patch or contextlib.nullcontext():
             results[name] = lens.statistics(rows, top_k=1, targets=targets, dtype=dtype)

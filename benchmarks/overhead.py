@@ -222,7 +222,10 @@ def main() -> None:
     parser.add_argument("--long-prompt", type=int, default=0, metavar="N", help="also time an N-token prompt (real model)")
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory (Linux, GPT-2 shape)")
     parser.add_argument("--memory-child", choices=["plain", "recorded"], help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, int(args.gpt2_batches), args.tokens)
         return

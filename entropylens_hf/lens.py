@@ -311,7 +311,7 @@ class LogitLens(nn.Module):
             dtype = dtype or weight.dtype
             weight = self.lens_weight(dtype)
             rows = rows.to(dtype)
-            product = _float32_product(rows.device, dtype)
+            product = _product_for(rows.device, dtype)
 
             def chunk_logits(start: int, stop: int) -> torch.Tensor:
                 z = None if workspace is None else workspace[: n * (stop - start)].view(n, stop - start)
@@ -394,7 +394,7 @@ def _concat_statistics(parts: list[LensStatistics]) -> LensStatistics:
     return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
 
 
-def _float32_product_into(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def _float32_inputs(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     """float32 ``rows @ weight.T``, written into ``out`` when given."""
     return torch.mm(rows, weight.t(), out=out)
 
@@ -415,10 +415,10 @@ def _low_precision_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.T
 _OUT_DTYPE_SUPPORT: dict[tuple[str, torch.dtype], bool] = {}
 
 
-def _float32_product(device: torch.device, dtype: torch.dtype) -> Callable:
+def _product_for(device: torch.device, dtype: torch.dtype) -> Callable:
     """The most accurate product the backend offers for ``dtype`` inputs with a float32 result."""
     if dtype == torch.float32:
-        return _float32_product_into
+        return _float32_inputs
     key = (device.type, dtype)
     if key not in _OUT_DTYPE_SUPPORT:
         try:  # torch >= 2.8 offers it on CUDA; CPU builds (2.13 included) do not

@@ -400,7 +400,9 @@ class TraceRecorder(LogitsProcessor):
         device = self.lens.lens.device
         layers = capture.residuals[:-1] if state.use_head else capture.residuals
         state.pending = torch.stack([r[:, -1] for r in layers], dim=1).to(device, non_blocking=True)
-        state.pending_head = capture.head_output[:, -1] if state.use_head else None
+        head = capture.head_output if state.use_head else None
+        # A model that computed logits for every prompt position: keep only the last one's.
+        state.pending_head = None if head is None else head[:, -1].clone() if head.shape[1] > 1 else head[:, -1]
         state.step_alive.append(state.alive)
         state.step_entropy.append(shannon_entropy(scores))
         state.step += 1

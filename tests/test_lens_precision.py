@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from entropylens_hf import EntropyLens
-from entropylens_hf.lens import _float32_product, _low_precision_output
+from entropylens_hf.lens import _product_for, _low_precision_output
 from entropylens_hf.models import default_model, demo_prompts_path
 
 
@@ -57,7 +57,7 @@ def test_bfloat16_lens_statistics_follow_the_rounded_product_exactly(bundled):
     rows = torch.randn(40, model.config.hidden_size) * 3
     targets = torch.randint(0, lens.vocab_size, (40,))
     stats = lens.statistics(rows, top_k=5, targets=targets, dtype=torch.bfloat16, max_logits=40 * 2048)
-    product = _float32_product(rows.device, torch.bfloat16)
+    product = _product_for(rows.device, torch.bfloat16)
     with torch.no_grad():
         normed = lens.normalize(rows).to(torch.bfloat16)
         logits = product(normed, lens.unembedding.weight.to(torch.bfloat16), None).double()
