@@ -101,8 +101,7 @@ def rerun(model, inputs, tokens, *, lens, **_):
 
 def _methods(model, args) -> dict[str, Callable]:
     methods: dict[str, Callable] = {"plain": plain, "recorded": recorded}
-    if not args.skip_bf16:
-        methods["rec-bf16"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": torch.bfloat16})
+    methods["rec-bf16"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": torch.bfloat16})
     methods["diy"] = diy
     try:
         import nnsight  # noqa: F401
@@ -134,24 +133,24 @@ def compare(title: str, model, tokenizer, batches: list[int], make_inputs, args,
     lens = LogitLens.from_model(model)
     context = {"lens": lens, **_nnsight_context(model, tokenizer)}
     methods = _methods(model, args)
-    print(f"\n{title}, {args.tokens} new tokens, median of {args.repeats} interleaved runs")
+    print(f"\n{title}, {args.tokens} new tokens, median of {args.repeats} interleaved runs", flush=True)
     for batch in batches:
         inputs = make_inputs(batch)
         plain(model, inputs, 4)  # warm-up
         times: dict[str, list[float]] = {name: [] for name in methods}
         for r in range(args.repeats):
             for name, fn in methods.items():
-                if name == "rerun" and batch > args.rerun_max_batch:
+                if (name == "rerun" and batch > args.rerun_max_batch) or (name == "rec-bf16" and batch > args.bf16_max_batch):
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    times[name].append(timed(fn, model, inputs, args.tokens, path=tmp / f"{name}_{batch}_{r}.h5",
+                    times[name].append(timed(fn, model, inputs, args.tokens, path=tmp / f"{id(model)}_{name}_{batch}_{r}.h5",
                                              **context))
         base = statistics.median(times["plain"])
         cells = [f"{name} {statistics.median(v):6.2f} s ({statistics.median(v) / base:4.2f}x)"
                  for name, v in times.items() if v]
         spread = max(max(v) / min(v) for v in times.values() if v)
-        print(f"batch {batch:2d}: " + " | ".join(cells) + f"   [max/min of repeats: {spread:.2f}]")
+        print(f"batch {batch:2d}: " + " | ".join(cells) + f"   [max/min of repeats: {spread:.2f}]", flush=True)
 
 
 def long_prompt(model, tokenizer, length: int, args, tmp: Path) -> None:
@@ -218,7 +217,7 @@ def main() -> None:
     parser.add_argument("--gpt2-batches", default="1,8,32")
     parser.add_argument("--real-batches", default="1,8")
     parser.add_argument("--rerun-max-batch", type=int, default=8, help="skip the slow re-run approach above this batch")
-    parser.add_argument("--skip-bf16", action="store_true")
+    parser.add_argument("--bf16-max-batch", type=int, default=1 << 30, help="skip the bfloat16 lens above this batch")
     parser.add_argument("--long-prompt", type=int, default=0, metavar="N", help="also time an N-token prompt (real model)")
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory (Linux, GPT-2 shape)")
     parser.add_argument("--memory-child", choices=["plain", "recorded"], help=argparse.SUPPRESS)
