@@ -4,6 +4,8 @@ A pre-hook on the first decoder layer sees the embedding output exactly as the s
 receives it (position embeddings added, Gemma's sqrt(d) scaling applied), and a forward
 hook on each layer sees its output. Only the latest forward pass is kept, so the cost is
 a reference per layer; nothing is copied and the forward pass is never re-run.
+Given the model's output embedding (``head``), a hook also keeps the logits the model
+computed itself (``head_output``), which the recorder reuses for the last lens layer.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class ResidualCapture:
     """Context manager holding, after each forward, ``residuals[l]`` ``[batch, positions, d]``.
 
     ``l = 0`` is the input of the first decoder layer, ``l = i`` the output of layer ``i``.
+    ``head_output`` is the output of ``head`` in the same forward (``None`` if it did not run).
     Hooks are removed on exit, also when the body raises.
     """
 
-    def __init__(self, layers: nn.ModuleList):
+    def __init__(self, layers: nn.ModuleList, head: nn.Module | None = None):
         self.layers = layers
+        self.head = head
         self.residuals: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+        self.head_output: torch.Tensor | None = None
         self.forward_count = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -49,6 +54,7 @@ class ResidualCapture:
                 raise TypeError(f"{type(module).__name__}: cannot find hidden_states in the layer's inputs")
             self.residuals = [None] * (len(self.layers) + 1)
             self.residuals[0] = hidden.detach()
+            self.head_output = None
             self.forward_count += 1
 
         def make_hook(index: int):
@@ -60,6 +66,12 @@ class ResidualCapture:
         self._handles.append(self.layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
         for i, layer in enumerate(self.layers, start=1):
             self._handles.append(layer.register_forward_hook(make_hook(i)))
+        if self.head is not None:
+
+            def head_hook(module: nn.Module, args: tuple, output: Any) -> None:
+                self.head_output = output.detach() if isinstance(output, torch.Tensor) else None
+
+            self._handles.append(self.head.register_forward_hook(head_hook))
         return self
 
     def __exit__(self, *exc: object) -> None:

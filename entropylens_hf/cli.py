@@ -45,6 +45,22 @@ def _parse_alphas(text: str | None) -> list[float]:
         raise EntropyLensError(f"--renyi {text!r}: expected comma-separated orders, e.g. 0,2,inf") from None
 
 
+def _prompt_rows(args: argparse.Namespace) -> bool | str:
+    """``record_prompt`` from --prompt-rows / --no-prompt-rows, checked before the model loads."""
+    from .recorder import parse_prompt_rows
+
+    if args.no_prompt_rows:
+        if args.prompt_rows not in (None, "none"):
+            raise EntropyLensError(f"--no-prompt-rows contradicts --prompt-rows {args.prompt_rows}; give one of them")
+        return False
+    value = args.prompt_rows or "all"
+    try:
+        parse_prompt_rows(value)
+    except ValueError:
+        raise EntropyLensError(f"--prompt-rows {value!r}: expected all, none or last:N with N >= 1, e.g. last:64") from None
+    return value
+
+
 def _generation_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.sample:
@@ -113,6 +129,7 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
 
 def cmd_record(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    prompt_rows = _prompt_rows(args)
     prompts, alphas = _check_record_args(args)
     from transformers import set_seed
 
@@ -125,7 +142,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         set_seed(args.seed)
     try:
         lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                           record_prompt=not args.no_prompt_rows, model_name=args.model)
+                           record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model)
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
     chat = args.chat or any(p.messages for p in prompts)
@@ -331,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible runs)")
     rec.add_argument("--renyi", default=None, help="extra Rényi orders to record, e.g. 0,2,inf")
     rec.add_argument("--no-prompt-rows", action="store_true", help="record generated tokens only")
+    rec.add_argument("--prompt-rows", default=None, metavar="all|none|last:N",
+                     help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
+    rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)

@@ -225,6 +225,7 @@ class LogitLens(nn.Module):
         alphas: Sequence[float] = (),
         max_logits: int = 1 << 22,
         workspace: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> LensStatistics:
         """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none).
 
@@ -232,6 +233,8 @@ class LogitLens(nn.Module):
         through in blocks of :meth:`block_shape`, each over the vocabulary in chunks.
         ``workspace`` (from :meth:`new_workspace`) holds a chunk's logits and scratch so that
         repeated calls allocate nothing large; without it each chunk allocates its own.
+        ``dtype`` is the dtype of the unembedding product (default: the weight's own); the
+        statistics are computed in float32 whatever it is.
         """
         block_rows, chunk = self.block_shape(max_logits)
         parts = [
@@ -242,12 +245,11 @@ class LogitLens(nn.Module):
                 alphas=alphas,
                 chunk_size=chunk,
                 workspace=workspace,
+                dtype=dtype,
             )
             for start in range(0, hidden.shape[0], block_rows)
         ]
-        if len(parts) == 1:
-            return parts[0]
-        return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
+        return _concat_statistics(parts)
 
     def block_shape(self, max_logits: int) -> tuple[int, int]:
         """``(rows, vocabulary chunk)`` of one block of at most ``max_logits`` logits.
@@ -272,6 +274,21 @@ class LogitLens(nn.Module):
         rows, chunk = self.block_shape(max_logits)
         return torch.empty(2 * rows * chunk, device=self.device)
 
+    def lens_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The unembedding weight in the product dtype ``dtype``, converted once and cached.
+
+        The cache follows the weight: a new tensor or an in-place update converts it again.
+        """
+        weight = self.unembedding.weight
+        if weight.dtype == dtype:
+            return weight
+        key = (dtype, weight.data_ptr(), weight._version)
+        cached = getattr(self, "_lens_weight_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, weight.detach().to(dtype))
+            self._lens_weight_cache = cached
+        return cached[1]
+
     def _block_statistics(
         self,
         hidden: torch.Tensor,
@@ -281,6 +298,7 @@ class LogitLens(nn.Module):
         alphas: Sequence[float],
         chunk_size: int,
         workspace: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> LensStatistics:
         rows = self.normalize(hidden).to(self.device)
         n = rows.shape[0]
@@ -290,23 +308,26 @@ class LogitLens(nn.Module):
             raise ValueError(f"workspace of {workspace.numel()} floats is too small for {n} rows x {chunk_size}")
         scratch = None if workspace is None else workspace[n * chunk_size : 2 * n * chunk_size]
         if isinstance(self.unembedding, nn.Linear):
-            rows = rows.to(weight.dtype)
-            into_workspace = workspace is not None and weight.dtype == torch.float32
+            dtype = dtype or weight.dtype
+            weight = self.lens_weight(dtype)
+            rows = rows.to(dtype)
+            product = _product_for(rows.device, dtype)
 
             def chunk_logits(start: int, stop: int) -> torch.Tensor:
-                if into_workspace:
-                    z = workspace[: n * (stop - start)].view(n, stop - start)
-                    torch.mm(rows, weight[start:stop].t(), out=z)
-                    if bias is not None:
-                        z.add_(bias[start:stop])
-                    return self._transform(z)
-                b = None if bias is None else bias[start:stop]
-                return self._transform(nn.functional.linear(rows, weight[start:stop], b).float())
+                z = None if workspace is None else workspace[: n * (stop - start)].view(n, stop - start)
+                z = product(rows, weight[start:stop], z)
+                if bias is not None:
+                    z.add_(bias[start:stop].float())
+                return self._transform(z)
 
             target_logits = None
             if targets is not None:
+                # Each target's logit as the product computes it: from the same rounded inputs,
+                # and rounded like its output, so target prob and rank agree with the chunks.
                 safe = targets.to(weight.device).clamp(min=0)
                 target_logits = (rows.float() * weight[safe].float()).sum(-1)
+                if product is _low_precision_output:
+                    target_logits = target_logits.to(dtype).float()
                 if bias is not None:
                     target_logits = target_logits + bias[safe].float()
                 target_logits = self._transform(target_logits)
@@ -330,3 +351,79 @@ class LogitLens(nn.Module):
             chunk_size=chunk_size,
             scratch=scratch,
         )
+
+    @torch.no_grad()
+    def head_statistics(
+        self,
+        head_logits: torch.Tensor,
+        *,
+        top_k: int,
+        targets: torch.Tensor | None = None,
+        alphas: Sequence[float] = (),
+        max_logits: int = 1 << 22,
+    ) -> LensStatistics:
+        """Statistics of logits the model's own head computed ``[R, V]`` (before its logit transform).
+
+        Why: during generation the model already multiplies the last layer's residual by the
+        unembedding; reusing that output saves one product per token and equals the model's
+        logits by construction. The transform (soft-cap, scale) is applied here in float32.
+        """
+        rows = max(1, max_logits // max(1, head_logits.shape[-1]))
+        parts = []
+        for start in range(0, head_logits.shape[0], rows):
+            z = self._transform(head_logits[start : start + rows].to(torch.float32, copy=True))
+            t = None if targets is None else targets[start : start + rows].to(z.device)
+            target_logits = None if t is None else z.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            parts.append(
+                streaming_lens_statistics(
+                    lambda a, b, z=z: z[:, a:b],
+                    z.shape[-1],
+                    top_k=top_k,
+                    target_ids=t,
+                    target_logits=target_logits,
+                    alphas=alphas,
+                    chunk_size=z.shape[-1],
+                )
+            )
+        return _concat_statistics(parts)
+
+
+def _concat_statistics(parts: list[LensStatistics]) -> LensStatistics:
+    if len(parts) == 1:
+        return parts[0]
+    return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
+
+
+def _float32_inputs(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """float32 ``rows @ weight.T``, written into ``out`` when given."""
+    return torch.mm(rows, weight.t(), out=out)
+
+
+def _float32_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Low-precision inputs, float32 accumulation and output (cuBLAS ``out_dtype``)."""
+    if out is None:
+        return torch.mm(rows, weight.t(), out_dtype=torch.float32)
+    return torch.mm(rows, weight.t(), out_dtype=torch.float32, out=out)
+
+
+def _low_precision_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Low-precision inputs and output (what ``torch.mm`` offers on CPU), widened to float32."""
+    z = torch.mm(rows, weight.t())
+    return z.float() if out is None else out.copy_(z)
+
+
+_OUT_DTYPE_SUPPORT: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _product_for(device: torch.device, dtype: torch.dtype) -> Callable:
+    """The most accurate product the backend offers for ``dtype`` inputs with a float32 result."""
+    if dtype == torch.float32:
+        return _float32_inputs
+    key = (device.type, dtype)
+    if key not in _OUT_DTYPE_SUPPORT:
+        try:  # torch >= 2.8 offers it on CUDA; CPU builds (2.13 included) do not
+            probe = torch.ones(2, 2, device=device, dtype=dtype)
+            _OUT_DTYPE_SUPPORT[key] = torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError, NotImplementedError):
+            _OUT_DTYPE_SUPPORT[key] = False
+    return _float32_output if _OUT_DTYPE_SUPPORT[key] else _low_precision_output

@@ -155,7 +155,6 @@ def streaming_lens_statistics(
         valid = target_ids >= 0
         higher = torch.zeros(n_rows, dtype=torch.long, device=device)
 
-    alpha_tensor = torch.tensor(finite_alphas, device=device)
     for start in range(0, vocab_size, chunk_size):
         stop = min(start + chunk_size, vocab_size)
         z = first if start == 0 else chunk_logits(start, stop)
@@ -192,8 +191,8 @@ def streaming_lens_statistics(
             sum_exp > 0, scale * (sum_exp_shift + sum_exp * shift), sum_exp_shift
         )
         sum_exp = sum_exp * scale
-        if finite_alphas:
-            sum_pow = sum_pow * torch.exp(alpha_tensor * shift.unsqueeze(-1))
+        for j, a in enumerate(finite_alphas):  # scalars, not a tensor: no host-to-device copy per call
+            sum_pow[:, j] *= torch.exp(a * shift)
         running_max = new_max
 
         centred = z.sub_(safe_new_max.unsqueeze(-1))

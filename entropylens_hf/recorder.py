@@ -10,6 +10,12 @@ step's residuals are kept and resolved one step later, in a single pass over the
 vocabulary that yields entropy, top-k and the target's probability and rank together.
 The last step is resolved from the sequences ``generate`` returns, which the recorder
 sees because, inside ``record()``, ``model.generate`` is wrapped (and restored on exit).
+
+The last lens layer of generated rows reuses the logits the model computed itself (a hook
+on its output embedding): one product fewer per token, and equal to the model's logits by
+construction. Nothing in the per-step path waits for the device: tokens, end-of-sequence
+state and results stay on it until a block is resolved, whose results are copied to the
+host asynchronously (pinned memory on CUDA) and read only when the call finishes.
 """
 
 from __future__ import annotations
@@ -27,18 +33,51 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .capture import ResidualCapture
 from .errors import EntropyLensError, UnsupportedGenerationError
 from .lens import LogitLens
+from .metrics import LensStatistics
 from .metrics import entropy as shannon_entropy
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
 from .trace.schema import label_texts
 
-__all__ = ["EntropyLens", "TraceRecorder"]
+__all__ = ["EntropyLens", "TraceRecorder", "parse_lens_dtype", "parse_prompt_rows"]
 
 Labels = Mapping[str, Any]
+
+#: Product dtypes accepted as ``lens_dtype`` (and by ``entropylens record --lens-dtype``).
+LENS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_lens_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``lens_dtype`` as a torch dtype; ``None`` (or ``"auto"``) means the model's own."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype) and value in LENS_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in LENS_DTYPES:
+        return LENS_DTYPES[value]
+    raise ValueError(f"lens_dtype must be one of {', '.join(LENS_DTYPES)} or auto (the model's dtype), got {value!r}")
+
+
+def parse_prompt_rows(value: bool | str) -> int | None:
+    """``record_prompt`` as the number of prompt rows to keep per sequence: ``None`` all, ``0`` none.
+
+    Accepts ``True`` / ``"all"``, ``False`` / ``"none"`` and ``"last:N"`` (the rows that
+    predict the last ``N`` prompt tokens).
+    """
+    if value is True or value == "all":
+        return None
+    if value is False or value == "none":
+        return 0
+    if isinstance(value, str) and value.startswith("last:"):
+        count = value[len("last:") :]
+        if count.isdigit() and int(count) >= 1:
+            return int(count)
+    raise ValueError(f"record_prompt must be True, False, 'all', 'none' or 'last:N' with N >= 1, got {value!r}")
 
 
 class EntropyLens:
@@ -50,7 +89,12 @@ class EntropyLens:
     >>> out, records = lens.generate(**inputs, max_new_tokens=64, trace="run.h5")
 
     ``renyi_alphas`` adds one Rényi-entropy profile per order (0, 2, ``math.inf``...).
-    ``record_prompt`` also records the prompt positions (computed in the prefill pass).
+    ``record_prompt`` also records the prompt positions (computed in the prefill pass):
+    ``True`` all of them, ``False`` none, ``"last:N"`` only the rows predicting the last ``N``
+    prompt tokens (each prompt row costs a lens row per layer: keep long prompts cheap).
+    ``lens_dtype`` is the dtype of the lens product (``torch.float32``, ``torch.bfloat16``,
+    ``torch.float16`` or their names; default: the unembedding's own dtype). Softmax,
+    entropy, top-k and ranks are float32 whatever it is.
     ``max_logits`` bounds the float32 logits held at once (default 2**22, 16 MiB; the pass
     over them needs about twice that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
@@ -64,7 +108,8 @@ class EntropyLens:
         *,
         top_k: int = 10,
         renyi_alphas: Sequence[float] = (),
-        record_prompt: bool = True,
+        record_prompt: bool | str = True,
+        lens_dtype: torch.dtype | str | None = None,
         max_logits: int = 1 << 22,
         model_name: str | None = None,
         layers: torch.nn.ModuleList | None = None,
@@ -81,6 +126,9 @@ class EntropyLens:
         if any(a < 0 or math.isnan(a) for a in self.renyi_alphas):
             raise ValueError(f"Rényi orders must be >= 0 (math.inf allowed), got {list(renyi_alphas)}")
         self.record_prompt = record_prompt
+        self.prompt_rows = parse_prompt_rows(record_prompt)
+        weight = getattr(self.lens.unembedding, "weight", None)
+        self.lens_dtype = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
         self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
 
@@ -130,7 +178,7 @@ class EntropyLens:
 
         model.generate = generate
         try:
-            with ResidualCapture(self.lens.layers) as capture:
+            with ResidualCapture(self.lens.layers, head=self.lens.unembedding) as capture:
                 recorder._capture = capture
                 yield recorder
         finally:
@@ -164,7 +212,7 @@ class EntropyLens:
 
 @dataclass
 class _CallState:
-    """What one ``generate`` call has accumulated so far, per batch row."""
+    """What one ``generate`` call has accumulated so far; tensors stay on the lens device."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -174,17 +222,45 @@ class _CallState:
     run: int
     row_prompt_texts: list[str] | None = None  # as given (e.g. a rendered chat template); else decoded
     step: int = 0
-    finished: list[bool] = field(default_factory=list)
-    generated: list[list[int]] = field(default_factory=list)
-    stats: list[list[dict[str, np.ndarray]]] = field(default_factory=list)  # per row: list of row-blocks
-    output_entropy: list[list[float]] = field(default_factory=list)
-    pending: torch.Tensor | None = None  # [batch, L, d] residuals awaiting their target
-    pending_rows: list[int] = field(default_factory=list)
+    use_head: bool = False  # the last lens layer comes from the model's own logits
+    rows: torch.Tensor | None = None  # arange(batch): the owner of each queued row
+    eos: torch.Tensor | None = None
+    alive: torch.Tensor | None = None  # [batch] bool: the row has not produced EOS yet
+    prompt_rows: list[int] = field(default_factory=list)  # recorded prompt rows per batch row
+    step_alive: list[torch.Tensor] = field(default_factory=list)  # per step: which rows were generating
+    step_tokens: list[torch.Tensor] = field(default_factory=list)  # per step: the token chosen
+    step_entropy: list[torch.Tensor] = field(default_factory=list)  # per step: entropy of the scores
+    blocks: list["_HostBlock"] = field(default_factory=list)  # resolved rows, in order
+    pending: torch.Tensor | None = None  # [batch, L or L - 1, d] residuals awaiting their target
+    pending_head: torch.Tensor | None = None  # [batch, V] the model's logits for the same position
     # Rows whose target is known, waiting to be resolved together in one block.
-    queue_owner: list[torch.Tensor] = field(default_factory=list)  # batch row of each queued row
-    queue_residuals: list[torch.Tensor] = field(default_factory=list)  # [n, L, d]
-    queue_targets: list[torch.Tensor] = field(default_factory=list)  # [n]
+    queue: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # (owners, residuals, targets, alive, head)
     queued: int = 0
+
+
+class _HostBlock:
+    """Statistics of one resolved block on their way to the host.
+
+    On CUDA the copies go into pinned memory without waiting for the device; ``arrays()``
+    waits for them only when the call finishes. Elsewhere the tensors are read as they are.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self._event = None
+        if next(iter(tensors.values())).device.type == "cuda":
+            self._host = {
+                k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+                for k, v in tensors.items()
+            }
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = {k: v if v.device.type == "cpu" else v.cpu() for k, v in tensors.items()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._event is not None:
+            self._event.synchronize()
+        return {k: v.numpy() for k, v in self._host.items()}
 
 
 class TraceRecorder(LogitsProcessor):
@@ -257,6 +333,8 @@ class TraceRecorder(LogitsProcessor):
         if texts is not None and len(texts) != batch:
             raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
         settings = _generation_settings(model, kwargs, batch)
+        settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
+        settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
         run = self.writer.begin_run(settings) if self.writer is not None else 0
         self._state = _CallState(
             input_ids=input_ids.repeat_interleave(n_return, 0),
@@ -320,84 +398,110 @@ class TraceRecorder(LogitsProcessor):
 
     # ------------------------------------------------------------------ per step
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # Nothing here may wait for the device (no .item(), .tolist(), .cpu(), bool(tensor)):
+        # on a GPU each would stall generation once per token.
         state = self._state
-        if state is None and self._capture is not None:
+        capture = self._capture
+        if state is None and capture is not None:
             raise EntropyLensError(
                 "TraceRecorder called by the generate of a model it does not record: inside "
                 f"`lens.record(...)` call generate on the lens's own model ({type(self.lens.model).__name__})"
             )
-        if state is None or self._capture is None:
+        if state is None or capture is None:
             raise EntropyLensError(
                 "TraceRecorder called outside its recording: call model.generate inside "
                 "`with lens.record(...) as rec:` (or use lens.generate)"
             )
-        if not self._capture.complete():
+        if not capture.complete():
             raise EntropyLensError("the forward pass did not reach every decoder layer; cannot record this step")
-        residuals = torch.stack([r.to(self.lens.lens.device) for r in self._capture.residuals], dim=2)
-        # residuals: [batch, positions, L, d]
         batch = input_ids.shape[0]
-        if residuals.shape[0] != batch or batch != state.input_ids.shape[0]:
+        if capture.residuals[0].shape[0] != batch or batch != state.input_ids.shape[0]:
             raise UnsupportedGenerationError(
-                f"the model ran a batch of {residuals.shape[0]} for {batch} sequences "
+                f"the model ran a batch of {capture.residuals[0].shape[0]} for {batch} sequences "
                 "(beam search or a custom generation loop?); the recorder supports greedy and sampling"
             )
         if state.step == 0:
-            self._start(state, residuals)
+            self._start(state, capture)
         else:
             self._resolve_pending(state, input_ids[:, -1])
-        state.pending = residuals[:, -1]
-        state.pending_rows = [b for b in range(batch) if not state.finished[b]]
-        out_entropy = shannon_entropy(scores).cpu().numpy()
-        for b in state.pending_rows:
-            state.output_entropy[b].append(float(out_entropy[b]))
+        device = self.lens.lens.device
+        layers = capture.residuals[:-1] if state.use_head else capture.residuals
+        state.pending = torch.stack([r[:, -1] for r in layers], dim=1).to(device, non_blocking=True)
+        head = capture.head_output if state.use_head else None
+        # A model that computed logits for every prompt position: keep only the last one's.
+        state.pending_head = None if head is None else head[:, -1].clone() if head.shape[1] > 1 else head[:, -1]
+        state.step_alive.append(state.alive)
+        state.step_entropy.append(shannon_entropy(scores))
         state.step += 1
         return scores
 
-    def _start(self, state: _CallState, residuals: torch.Tensor) -> None:
-        batch, positions = residuals.shape[:2]
-        state.finished = [False] * batch
-        state.generated = [[] for _ in range(batch)]
-        state.stats = [[] for _ in range(batch)]
-        state.output_entropy = [[] for _ in range(batch)]
-        if not self.lens.record_prompt or positions < 2:
+    def _start(self, state: _CallState, capture: ResidualCapture) -> None:
+        """First step (prefill): per-call device state, the last-layer source, the prompt rows."""
+        device = self.lens.lens.device
+        batch, positions = capture.residuals[0].shape[:2]
+        state.rows = torch.arange(batch, device=device)
+        state.alive = torch.ones(batch, dtype=torch.bool, device=device)
+        state.eos = torch.tensor(sorted(state.eos_ids), dtype=torch.long, device=device)
+        state.use_head = self._head_logits_usable(capture)
+        state.prompt_rows = [0] * batch
+        keep = self.lens.prompt_rows
+        count = positions - 1 if keep is None else min(keep, positions - 1)
+        if count <= 0:
             return
-        # Prompt rows: the last `positions` input tokens were computed; each but the last
-        # has its target (the next prompt token) already.
-        ids = state.input_ids[:, -positions:].to(residuals.device)
-        mask = state.attention_mask[:, -positions:].to(residuals.device).bool()
-        valid = mask[:, :-1] & mask[:, 1:]
-        rows_b, rows_p = valid.nonzero(as_tuple=True)
-        self._enqueue(state, rows_b, residuals[rows_b, rows_p], ids[rows_b, rows_p + 1])
-        for b, n in enumerate(valid.sum(-1).tolist()):
-            state.output_entropy[b].extend([math.nan] * n)
+        # Prompt rows: the last `positions` input tokens were computed; each but the last has
+        # its target (the next prompt token) already. Only the kept columns are stacked.
+        columns = slice(positions - 1 - count, positions - 1)
+        ids = state.input_ids[:, -positions:].to(device)
+        mask = state.attention_mask[:, -positions:].to(device).bool()
+        valid = (mask[:, :-1] & mask[:, 1:])[:, columns]
+        rows_b, rows_p = valid.nonzero(as_tuple=True)  # once per call: may wait for the device
+        residuals = torch.stack([r[:, columns] for r in capture.residuals], dim=2).to(device)
+        targets = ids[:, columns.start + 1 : positions]
+        stats = self._statistics(residuals[rows_b, rows_p], targets[rows_b, rows_p], None)
+        state.blocks.append(_HostBlock({"owner": rows_b, "alive": torch.ones_like(rows_b, dtype=torch.bool), **stats}))
+        state.prompt_rows = valid.sum(-1).tolist()
+
+    def _head_logits_usable(self, capture: ResidualCapture) -> bool:
+        """Whether the head's output in this forward is the last layer's logits, checked on one row.
+
+        Why check: it holds for every family tested, but a model may call its head on
+        something else; then the last layer falls back to the lens product.
+        """
+        head, lens = capture.head_output, self.lens.lens
+        weight = getattr(lens.unembedding, "weight", None)
+        batch = capture.residuals[0].shape[0]
+        if head is None or head.dim() != 3 or head.shape[0] != batch or head.shape[-1] != lens.vocab_size:
+            return False
+        if not isinstance(lens.unembedding, nn.Linear) or weight.device.type == "meta":
+            return False
+        normed = lens.normalize(capture.residuals[-1][:1, -1]).to(weight)
+        expected = lens._transform(nn.functional.linear(normed, weight, lens.unembedding.bias).float())
+        got = lens._transform(head[:1, -1].float().to(expected.device))
+        tolerance = 1e-4 if head.dtype == torch.float32 else 3e-2
+        return bool(((got - expected).abs().max() <= tolerance * (1 + expected.abs().max())).item())
 
     def _resolve_pending(self, state: _CallState, new_tokens: torch.Tensor) -> None:
-        rows = state.pending_rows
-        if not rows:
-            return
-        targets = new_tokens[rows].to(state.pending.device)
-        owners = torch.tensor(rows, device=state.pending.device)
-        self._enqueue(state, owners, state.pending[rows], targets)
-        for b, token in zip(rows, targets.tolist()):
-            state.generated[b].append(token)
-            if token in state.eos_ids:
-                state.finished[b] = True
+        targets = new_tokens.to(state.pending.device, non_blocking=True)
+        state.step_tokens.append(targets)
+        self._enqueue(state, (state.rows, state.pending, targets, state.alive, state.pending_head))
+        state.alive = state.alive & ~torch.isin(targets, state.eos)
 
-    def _enqueue(self, state: _CallState, owners: torch.Tensor, residuals: torch.Tensor, targets: torch.Tensor) -> None:
-        """Queue rows with known targets; resolve them once a block's worth has gathered.
+    def _enqueue(self, state: _CallState, item: tuple[torch.Tensor, ...]) -> None:
+        """Queue one step's rows (target known); resolve them once a block's worth has gathered.
 
         One large product per block reads the unembedding once for many steps and keeps
         the matrix multiply efficient (a product with few rows is bound by reading weights).
+        Rows of finished sequences ride along and are dropped on the host (on CPU, before
+        the product): deciding which to drop on the device would make it wait.
         """
         block = self.lens.lens.block_shape(self.lens.max_logits)[0]
+        residuals = item[1]
         rows = residuals.shape[0] * residuals.shape[1]
         if state.queued and state.queued + rows > block:
             # Flush first: a block that overflows by a few rows would cost a second, thin
             # product that reads the whole unembedding for those few rows.
             self._flush(state)
-        state.queue_owner.append(owners)
-        state.queue_residuals.append(residuals)
-        state.queue_targets.append(targets)
+        state.queue.append(item)
         state.queued += rows
         if state.queued >= block:
             self._flush(state)
@@ -405,40 +509,57 @@ class TraceRecorder(LogitsProcessor):
     def _flush(self, state: _CallState) -> None:
         if not state.queued:
             return
-        owners = torch.cat(state.queue_owner).tolist()
-        stats = self._statistics(torch.cat(state.queue_residuals), torch.cat(state.queue_targets))
-        state.queue_owner, state.queue_residuals, state.queue_targets, state.queued = [], [], [], 0
-        if self.lens.lens.device.type == "cpu":
+        owners, residuals, targets, alive = (torch.cat([item[i] for item in state.queue]) for i in range(4))
+        head = torch.cat([item[4] for item in state.queue]) if state.use_head else None
+        state.queue, state.queued = [], 0
+        if residuals.device.type == "cpu" and not bool(alive.all()):
+            head = None if head is None else head[alive]
+            owners, residuals, targets, alive = owners[alive], residuals[alive], targets[alive], alive[alive]
+        stats = self._statistics(residuals, targets, head)
+        state.blocks.append(_HostBlock({"owner": owners, "alive": alive, **stats}))
+        if residuals.device.type == "cpu":
             _return_freed_heap_memory()
-        order = np.argsort(owners, kind="stable")  # group by sequence, keeping each one's row order
-        sorted_owners = np.asarray(owners)[order]
-        for b in np.unique(sorted_owners):
-            picked = order[sorted_owners == b]
-            state.stats[int(b)].append({k: v[picked] for k, v in stats.items()})
 
-    def _statistics(self, residuals: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
-        """Lens statistics for residuals ``[R, L, d]`` with one target per row; numpy ``[R, L, ...]``."""
-        n, L, d = residuals.shape
+    def _statistics(
+        self, residuals: torch.Tensor, targets: torch.Tensor, head: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Lens statistics of residuals ``[R, L', d]`` (one target per row) on the device, ``[R, L, ...]``.
+
+        With ``head`` ``[R, V]`` (the model's logits) the last layer comes from it and
+        ``residuals`` hold the other layers only.
+        """
+        n, layers, d = residuals.shape
         lens = self.lens
         if self._workspace is None:
             self._workspace = lens.lens.new_workspace(lens.max_logits)
-        s = lens.lens.statistics(
-            residuals.reshape(n * L, d),
-            top_k=lens.top_k,
-            targets=targets.repeat_interleave(L),
-            alphas=lens.renyi_alphas,
-            max_logits=lens.max_logits,
-            workspace=self._workspace,
-        )
-        out = {
-            "entropy": s.entropy.reshape(n, L),
-            "topk_ids": s.topk_ids.reshape(n, L, -1),
-            "topk_probs": s.topk_probs.reshape(n, L, -1),
-            "target_prob": s.target_prob.reshape(n, L),
-            "target_rank": s.target_rank.reshape(n, L),
-            "renyi": s.renyi.reshape(n, L, -1).transpose(1, 2),
-        }
-        return {k: v.cpu().numpy() for k, v in out.items()}
+        per_layer = [
+            _by_row(
+                lens.lens.statistics(
+                    residuals.reshape(n * layers, d),
+                    top_k=lens.top_k,
+                    targets=targets.unsqueeze(1).expand(n, layers).reshape(-1),
+                    alphas=lens.renyi_alphas,
+                    max_logits=lens.max_logits,
+                    workspace=self._workspace,
+                    dtype=lens.lens_dtype,
+                ),
+                n,
+                layers,
+            )
+        ]
+        if head is not None:
+            per_layer.append(
+                _by_row(
+                    lens.lens.head_statistics(
+                        head, top_k=lens.top_k, targets=targets, alphas=lens.renyi_alphas, max_logits=lens.max_logits
+                    ),
+                    n,
+                    1,
+                )
+            )
+        out = {k: torch.cat([p[k] for p in per_layer], dim=1) for k in per_layer[0]}
+        out["renyi"] = out["renyi"].transpose(1, 2)  # [R, A, L]
+        return out
 
     # ------------------------------------------------------------------ end of a call
     def _finish(self, output: Any) -> list[SequenceRecord]:
@@ -455,13 +576,17 @@ class TraceRecorder(LogitsProcessor):
             )
         self._resolve_pending(state, sequences[:, -1])
         self._flush(state)
+        # The only wait for the device in a call: everything comes to the host once.
+        generating = torch.stack(state.step_alive, 1).cpu().numpy()  # [batch, steps]
+        chosen = torch.stack(state.step_tokens, 1).cpu().numpy()
+        out_entropy = torch.stack(state.step_entropy, 1).float().cpu().numpy()
+        rows = _rows_by_sequence([blk.arrays() for blk in state.blocks], state.input_ids.shape[0])
         tokenizer = self.lens.tokenizer
         records = []
-        for b in range(state.input_ids.shape[0]):
+        for b, arrays in enumerate(rows):
+            n_generated = int(generating[b].sum())  # a sequence stops generating for good at EOS
             prompt = state.input_ids[b][state.attention_mask[b].bool()].tolist()
-            token_ids = prompt + state.generated[b]
-            blocks = state.stats[b]
-            arrays = {k: np.concatenate([blk[k] for blk in blocks]) for k in blocks[0]}
+            token_ids = prompt + chosen[b, :n_generated].tolist()
             records.append(
                 SequenceRecord(
                     token_ids=np.asarray(token_ids, dtype=np.int64),
@@ -472,7 +597,9 @@ class TraceRecorder(LogitsProcessor):
                     topk_probs=arrays["topk_probs"],
                     target_prob=arrays["target_prob"],
                     target_rank=arrays["target_rank"],
-                    output_entropy=np.asarray(state.output_entropy[b], dtype=np.float32),
+                    output_entropy=np.concatenate(
+                        [np.full(state.prompt_rows[b], np.nan, dtype=np.float32), out_entropy[b, :n_generated]]
+                    ),
                     renyi=arrays["renyi"],
                     renyi_alphas=self.lens.renyi_alphas,
                     labels=state.row_labels[b],
@@ -530,6 +657,25 @@ def _eos_ids(model: Any, kwargs: dict) -> frozenset[int]:
     return frozenset([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
 
 
+def _by_row(stats: LensStatistics, n: int, layers: int) -> dict[str, torch.Tensor]:
+    """Flat ``[n * layers, ...]`` lens statistics as ``[n, layers, ...]``."""
+    return {
+        name: getattr(stats, name).reshape(n, layers, *getattr(stats, name).shape[1:])
+        for name in ("entropy", "topk_ids", "topk_probs", "target_prob", "target_rank", "renyi")
+    }
+
+
+def _rows_by_sequence(blocks: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    """Resolved blocks regrouped per batch row, each row's rows in order; finished rows dropped."""
+    merged = {k: np.concatenate([blk[k] for blk in blocks]) for k in blocks[0]}
+    keep = merged.pop("alive")
+    merged = {k: v[keep] for k, v in merged.items()}
+    owners = merged.pop("owner")
+    order = np.argsort(owners, kind="stable")  # group by sequence, keeping each one's row order
+    bounds = np.searchsorted(owners[order], np.arange(batch + 1))
+    return [{k: v[order[bounds[b] : bounds[b + 1]]] for k, v in merged.items()} for b in range(batch)]
+
+
 def _generation_settings(model: Any, kwargs: dict, batch: int) -> dict[str, Any]:
     """JSON-able summary of one generate call, stored per run in the trace."""
     config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
@@ -540,6 +686,10 @@ def _generation_settings(model: Any, kwargs: dict, batch: int) -> dict[str, Any]
     settings["batch_size"] = batch
     settings.pop("transformers_version", None)
     return settings
+
+
+def _prompt_rows_name(rows: int | None) -> str:
+    return "all" if rows is None else "none" if rows == 0 else f"last:{rows}"
 
 
 def _find_malloc_trim() -> Any:

@@ -114,3 +114,25 @@ def test_demo_records_the_bundled_prompts_and_says_how_to_view_headless(tmp_path
         assert len(trace) >= 8 and {"predictable", "open-ended"} <= kinds
         assert all(s.n_generated == 8 for s in trace)
     assert "mean profile per kind" in printed and f"entropylens-view {out}" in printed and "(no display)" in printed
+
+
+def test_record_with_last_prompt_rows_and_bfloat16_lens_stores_both_in_the_run(tiny_model_dir, prompts_jsonl, tmp_path):
+    out = tmp_path / "t.h5"
+    assert _record(tiny_model_dir, prompts_jsonl, out, "--prompt-rows", "last:1", "--lens-dtype", "bfloat16") == 0
+    with Trace.open(out) as trace:
+        assert all(s.first_target == s.prompt_length - 1 or s.prompt_length == 1 for s in trace)
+        run = trace.runs()[0]
+        assert run["lens_dtype"] == "bfloat16" and run["record_prompt"] == "last:1"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompt-rows", "last:0"], "--prompt-rows 'last:0': expected all, none or last:N"),
+    (["--prompt-rows", "first:3"], "expected all, none or last:N"),
+    (["--no-prompt-rows", "--prompt-rows", "last:3"], "--no-prompt-rows contradicts --prompt-rows last:3"),
+])
+def test_bad_prompt_rows_fail_before_the_model_loads(prompts_jsonl, tmp_path, capsys, extra, message):
+    out = tmp_path / "t.h5"
+    # A model folder that does not exist: loading it would fail with another message.
+    assert _record(tmp_path / "no-such-model", prompts_jsonl, out, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

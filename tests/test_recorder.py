@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_zoo import VOCAB, tiny_model
+from model_zoo import FAMILIES, VOCAB, tiny_model
 from transformers import LogitsProcessor
 
 from entropylens_hf import EntropyLens, Trace
@@ -325,3 +325,172 @@ def test_device_map_with_offloaded_layers_records_the_same_as_a_plain_load(tiny_
     _, (b,) = EntropyLens(spread, None).generate(input_ids=prompt, **FIXED)
     assert a.token_ids.tolist() == b.token_ids.tolist()
     np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- last layer, prompt rows, dtype, syncs
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("lens_dtype", [None, torch.bfloat16])
+def test_last_layer_of_generated_rows_is_the_models_own_logits(family, lens_dtype):
+    model = tiny_model(family)
+    with torch.no_grad():  # larger logits, so that a bfloat16 product would visibly differ
+        model.get_output_embeddings().weight.mul_(20)
+    prompt = torch.tensor([[5, 9, 17, 33]])
+    # The repetition penalty changes the scores generate samples from, never the model's logits.
+    kwargs = dict(repetition_penalty=1.5, **FIXED)
+    plain = model.generate(input_ids=prompt, output_logits=True, return_dict_in_generate=True, **kwargs)
+    raw = torch.cat(plain.logits).double()  # [new tokens, V]: the model's logits, transforms applied
+    _, (rec,) = EntropyLens(model, None, top_k=4, lens_dtype=lens_dtype).generate(input_ids=prompt, **kwargs)
+    assert rec.token_ids.tolist() == plain.sequences[0].tolist()
+    gen = rec.is_generated
+    targets = torch.as_tensor(rec.target_ids[gen])
+    probs = raw.softmax(-1)
+    np.testing.assert_allclose(rec.entropy[gen, -1], entropy(raw).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec.target_prob[gen, -1], probs.gather(-1, targets[:, None])[:, 0].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(rec.target_rank[gen, -1], target_rank(raw, targets).numpy())
+    np.testing.assert_array_equal(rec.topk_ids[gen, -1], raw.topk(4, -1).indices.numpy())
+
+
+def test_a_head_called_on_something_else_falls_back_to_the_lens_product(llama):
+    prompt = torch.tensor([[5, 6, 7]])
+    _, (clean,) = EntropyLens(llama, None, top_k=3).generate(input_ids=prompt, **FIXED)
+    # Now the head's output is not the last layer's logits (greedy tokens do not change).
+    handle = llama.get_output_embeddings().register_forward_hook(lambda module, args, output: output * 0.5)
+    _, (rec,) = EntropyLens(llama, None, top_k=3).generate(input_ids=prompt, **FIXED)
+    handle.remove()
+    assert rec.token_ids.tolist() == clean.token_ids.tolist()
+    # Taking the halved logits would raise the last layer's entropy by far more than this.
+    np.testing.assert_allclose(rec.entropy, clean.entropy, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_last_n_prompt_rows_are_the_tail_of_all_prompt_rows(family):
+    model = tiny_model(family)
+    prompts = [[5, 6, 7, 8, 9, 10], [40, 41], [70, 71, 72, 73]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    _, full = EntropyLens(model, None, top_k=3).generate(input_ids=ids, attention_mask=mask, **FIXED)
+    _, tail = EntropyLens(model, None, top_k=3, record_prompt="last:3").generate(input_ids=ids, attention_mask=mask,
+                                                                                   **FIXED)
+    for a, b, p in zip(full, tail, prompts):
+        kept = min(3, len(p) - 1)  # the short prompt has one prompt row only
+        assert b.first_target == len(p) - kept and b.n_rows == kept + FIXED["max_new_tokens"]
+        assert b.token_ids.tolist() == a.token_ids.tolist()
+        assert np.isnan(b.output_entropy[:kept]).all() and not np.isnan(b.output_entropy[kept:]).any()
+        np.testing.assert_allclose(b.entropy, a.entropy[-b.n_rows:], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(b.target_rank, a.target_rank[-b.n_rows:])
+        np.testing.assert_array_equal(b.topk_ids, a.topk_ids[-b.n_rows:])
+
+
+@pytest.mark.parametrize("value", ["last:0", "last:-2", "first:3", "some", 3])
+def test_record_prompt_rejects_anything_but_all_none_and_last_n(llama, value):
+    with pytest.raises(ValueError, match="'last:N' with N >= 1"):
+        EntropyLens(llama, None, record_prompt=value)
+
+
+def test_lens_dtype_rejects_unknown_dtypes_and_names(llama):
+    for value in ("float64", torch.int8, "bf16"):
+        with pytest.raises(ValueError, match="lens_dtype must be one of float32, bfloat16, float16 or auto"):
+            EntropyLens(llama, None, lens_dtype=value)
+
+
+def test_lens_dtype_and_prompt_rows_are_stored_with_each_run(llama, tmp_path):
+    path = tmp_path / "t.h5"
+    EntropyLens(llama, None).generate(input_ids=torch.tensor([[5, 6, 7]]), trace=path, **FIXED)
+    EntropyLens(llama, None, lens_dtype="bfloat16", record_prompt="last:2").generate(
+        input_ids=torch.tensor([[5, 6, 7]]), trace=path, **FIXED)
+    with Trace.open(path) as trace:
+        runs = trace.runs()
+    assert (runs[0]["lens_dtype"], runs[0]["record_prompt"]) == ("float32", "all")
+    assert (runs[1]["lens_dtype"], runs[1]["record_prompt"]) == ("bfloat16", "last:2")
+
+
+def test_float32_lens_dtype_spelled_any_way_records_what_the_default_records(llama):
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    _, (default,) = EntropyLens(llama, None).generate(input_ids=prompt, **FIXED)
+    for spelling in (torch.float32, "float32", "auto"):
+        _, (rec,) = EntropyLens(llama, None, lens_dtype=spelling).generate(input_ids=prompt, **FIXED)
+        np.testing.assert_array_equal(rec.entropy, default.entropy)
+        np.testing.assert_array_equal(rec.topk_ids, default.topk_ids)
+
+
+_HOST_SYNCS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("max_logits", [1 << 22, 9 * VOCAB])  # no block resolved per step / one every few steps
+def test_generation_steps_never_read_a_tensor_back_to_the_host(llama, monkeypatch, max_logits):
+    """On a GPU each of these calls would stall generation once per token; no step may make one."""
+    from entropylens_hf.recorder import TraceRecorder
+
+    in_step, calls = [False], []
+    for name in _HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            if in_step[0]:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    step = TraceRecorder.__call__
+
+    def watched(self, input_ids, scores):
+        in_step[0] = self._state.step > 0  # the prefill step may wait once per call
+        try:
+            return step(self, input_ids, scores)
+        finally:
+            in_step[0] = False
+
+    monkeypatch.setattr(TraceRecorder, "__call__", watched)
+    lens = EntropyLens(llama, None, max_logits=max_logits)
+    _, records = lens.generate(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]), **{**FIXED, "max_new_tokens": 12})
+    monkeypatch.undo()
+    _, expected = EntropyLens(llama, None).generate(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]),
+                                                    **{**FIXED, "max_new_tokens": 12})
+    if max_logits == 1 << 22:
+        assert calls == []
+    else:  # blocks resolved within steps: only the CPU-only check for finished rows to drop
+        assert calls and set(calls) == {"__bool__"}
+    for a, b in zip(records, expected):
+        np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("max_logits", [1 << 22, 9 * VOCAB])
+def test_cuda_generation_steps_never_synchronise_with_the_host(monkeypatch, max_logits):
+    from entropylens_hf.recorder import TraceRecorder
+
+    model = tiny_model("llama").cuda()
+    step = TraceRecorder.__call__
+
+    def strict(self, input_ids, scores):
+        if self._state.step == 0:
+            return step(self, input_ids, scores)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(self, input_ids, scores)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(TraceRecorder, "__call__", strict)
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]], device="cuda")
+    _, records = EntropyLens(model, None, max_logits=max_logits).generate(input_ids=prompt, **FIXED)
+    monkeypatch.undo()
+    _, expected = EntropyLens(tiny_model("llama"), None).generate(input_ids=prompt.cpu(), **FIXED)
+    for a, b in zip(records, expected):
+        assert a.token_ids.tolist() == b.token_ids.tolist()
+        np.testing.assert_allclose(a.entropy, b.entropy, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bfloat16_lens_uses_a_float32_output_product_and_stays_close_to_float32():
+    from entropylens_hf.lens import _float32_output, _product_for
+
+    assert _product_for(torch.device("cuda"), torch.bfloat16) is _float32_output
+    model = tiny_model("llama").cuda()
+    prompt = torch.tensor([[5, 6, 7, 8]], device="cuda")
+    _, (full,) = EntropyLens(model, None).generate(input_ids=prompt, **FIXED)
+    _, (low,) = EntropyLens(model, None, lens_dtype=torch.bfloat16).generate(input_ids=prompt, **FIXED)
+    np.testing.assert_allclose(low.entropy, full.entropy, atol=1e-3)
