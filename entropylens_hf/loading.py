@@ -152,12 +152,15 @@ def _check_source(name: str) -> bool:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise EntropyLensError(
-                f"{name}: a folder without config.json, so not a Hugging Face model folder; "
-                "give the folder that save_pretrained() wrote (config.json, weights, tokenizer files)"
+                f"{name}: cannot load the model (a folder without config.json, so not a Hugging Face model "
+                "folder); give the folder that save_pretrained() wrote (config.json, weights, tokenizer files)"
             )
         return False
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise EntropyLensError(f"{name}: no such model folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise EntropyLensError(
+            f"{name}: cannot load the model (no such folder); give a local folder with config.json, weights and "
+            "tokenizer files, a hub id such as org/name, or 'default' for the bundled model"
+        )
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return True
     return not _hub_reachable()

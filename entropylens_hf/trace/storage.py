@@ -139,17 +139,16 @@ class SpaceReservation:
         if limit not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and size + nbytes > limit:
             raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
         fallocate = _libc_fallocate()
-        if fallocate is None:
-            vfs = os.statvfs(self.path)
-            if vfs.f_bavail * vfs.f_frsize < nbytes:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return
-        if fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, size, nbytes) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+        if fallocate is not None:
+            if fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, size, nbytes) == 0:
+                self._reserved = size + nbytes
                 return
-            raise OSError(err, os.strerror(err))
-        self._reserved = size + nbytes
+            err = ctypes.get_errno()
+            if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(err, os.strerror(err))
+        vfs = os.statvfs(self.path)  # no fallocate here: check the free space instead
+        if vfs.f_bavail * vfs.f_frsize < nbytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def release(self) -> None:
         """Give back the reserved blocks the write did not use."""
