@@ -42,32 +42,22 @@ def main() -> None:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     from entropylens_viewer.app import MainWindow
 
-    window = MainWindow()
-    window.live_timer.stop()
-    window.resize(1280, 800)
-    window.show()
-    window.open_path(trace)
+    window = open_window(MainWindow, trace)
     state = window.state
     state.select_sequence(0)
     seq = state.sequence
     row = int(seq.is_generated.argmax()) + 1
     state.select_row(row)
     state.set_layer(state.num_layers - 1)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "main.png"))
+    grab(app, window, args.out / "main.png")
 
     state.select_sequence(2)
     state.select_row(int(state.sequence.is_generated.argmax()))
     state.set_layer(state.num_layers // 2)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "playback.png"))
+    grab(app, window, args.out / "playback.png")
 
     window.tabs.setCurrentIndex(1)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "mean_profile.png"))
+    grab(app, window, args.out / "mean_profile.png")
 
     if args.compare is not None:
         from entropylens_hf.loading import load_model
@@ -79,9 +69,7 @@ def main() -> None:
                        do_sample=False)
         window.open_path(second)
         window.tabs.setCurrentIndex(2)
-        for _ in range(5):
-            app.processEvents()
-        window.grab().save(str(args.out / "compare.png"))
+        grab(app, window, args.out / "compare.png")
     if args.chat_model is not None:
         chat_screenshots(app, args, trace.with_name("chat.h5"))
     print(f"screenshots in {args.out}")
@@ -100,11 +88,7 @@ def chat_screenshots(app, args, trace: Path) -> None:
     name = Path(args.chat_model).name if Path(args.chat_model).exists() else args.chat_model
     lens = EntropyLens(model, tokenizer, top_k=10, model_name=name)
     record_prompts(lens, [Prompt(rendered)], trace, progress=False, max_new_tokens=12, do_sample=False)
-    window = MainWindow()
-    window.live_timer.stop()
-    window.resize(1280, 800)
-    window.show()
-    window.open_path(trace)
+    window = open_window(MainWindow, trace)
     state = window.state
     state.select_sequence(0)
     seq = state.sequence
@@ -112,13 +96,26 @@ def chat_screenshots(app, args, trace: Path) -> None:
     answer = next((r for r in rows if args.answer_token in seq.token_texts[seq.first_target + r]), rows[0])
     state.select_row(int(answer))
     state.set_layer(state.num_layers - 1)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "chat_main.png"))
+    grab(app, window, args.out / "chat_main.png")
     state.set_layer(2 * (state.num_layers - 1) // 3)
+    grab(app, window, args.out / "chat_playback.png")
+
+
+def open_window(main_window_class, trace: Path):
+    """A 1280 x 800 viewer window showing ``trace``, not polling for live updates."""
+    window = main_window_class()
+    window.live_timer.stop()
+    window.resize(1280, 800)
+    window.show()
+    window.open_path(trace)
+    return window
+
+
+def grab(app, window, path: Path) -> None:
+    """Let Qt paint, then save the window as a PNG."""
     for _ in range(5):
         app.processEvents()
-    window.grab().save(str(args.out / "chat_playback.png"))
+    window.grab().save(str(path))
 
 
 if __name__ == "__main__":
