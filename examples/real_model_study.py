@@ -72,12 +72,19 @@ def render_chat(tokenizer, text: str) -> str:
 
 
 def make_chat_prompts(per_cell: int = 8) -> list[tuple[str, dict]]:
-    """``(user message, labels)`` for every (task, format) pair; topics rotate so each is used equally."""
+    """``(user message, labels)`` for every (task, format) pair, ``per_cell`` topics each.
+
+    Topics come in blocks of ``per_cell``, assigned as a Latin square (block = task + format,
+    modulo the number of formats), so that every task and every format sees every block once:
+    neither label can be predicted from the topic.
+    """
     out = []
-    for cell, ((task, task_text), (fmt, fmt_text)) in enumerate(itertools.product(CHAT_TASKS.items(), CHAT_FORMATS.items())):
+    for (t, (task, task_text)), (f, (fmt, fmt_text)) in itertools.product(enumerate(CHAT_TASKS.items()),
+                                                                          enumerate(CHAT_FORMATS.items())):
+        block = (t + f) % len(CHAT_FORMATS)
         for i in range(per_cell):
-            topic = TOPICS[(cell * per_cell + i) % len(TOPICS)]
-            other = TOPICS[(cell * per_cell + i + len(TOPICS) // 2) % len(TOPICS)]
+            topic = TOPICS[(block * per_cell + i) % len(TOPICS)]
+            other = TOPICS[(block * per_cell + i + len(TOPICS) // 2) % len(TOPICS)]
             out.append((f"{task_text.format(topic=topic, other=other)} {fmt_text}", {"task": task, "format": fmt}))
     return out
 
