@@ -365,14 +365,14 @@ def write_report(out, args, name, model, prompts, new_tokens, seqs, results, dyn
     w("Example answers (one per format, task `explain`):\n")
     for f in fmts:
         text = examples.get(("explain", f), "").replace("\n", "⏎")
-        w(f"- {f}: `{text[:160]}`")
+        w(f"- {f}: `` {text[:160]} ``")
     w("")
 
     w("## 1. Task type and output format are predictable from profiles\n")
     w("![mean profiles by task and by format](profiles.png)\n")
     w("k-NN (k=5, Euclidean) on each answer's generated-token profile, stratified 10-fold CV. Features: 4 window "
-      "means over the generation concatenated (the paper's features), the mean profile, or 4 windows of Rényi-2 "
-      "entropy.\n")
+      "means over the generation concatenated (windowed features as in the paper's code, which uses 8 windows over "
+      "256 tokens), the mean profile, or 4 windows of Rényi-2 entropy.\n")
     w("```\n" + format_classification([r for *_, r in results]) + "\n```\n")
     for label in ("task", "format"):
         main = next(r for lab, win, al, r in results if lab == label and win == 4 and al is None)
