@@ -14,6 +14,11 @@ trace, and the report checks, claim by claim, with a stated criterion:
    those of maximal pruning (next to random layers).
 
     python examples/reproduce_paper.py [--models examples/models] [--out reports] [--quick]
+    python examples/reproduce_paper.py --real-model PATH_OR_NAME --out examples/report/smollm2
+
+``--real-model`` runs the same claims on a real instruction-following model in the paper's
+setting instead (chat template, task types x output formats, greedy generation; see
+``real_model_study.py``).
 
 Writes ``OUT/report.md``, figures ``OUT/*.png`` and the traces ``OUT/traces/*.h5``.
 ``--quick`` uses a quarter of the prompts, fewer tokens and fewer random seeds (for CI).
@@ -206,6 +211,16 @@ def load_models(folder: Path, include_default: bool) -> list[Model]:
     return models
 
 
+def load_real_model(name: str):
+    """``(model, tokenizer, display name)`` in float32 on CPU: a folder, a hub id, or a name ``load_model`` knows."""
+    from entropylens_hf.loading import load_model
+
+    model, tokenizer = load_model(name, device="cpu", dtype="float32")
+    path = Path(name)
+    display = path.name if path.exists() else name
+    return model, tokenizer, display
+
+
 def record_traces(models: list[Model], prompts, folder: Path, new_tokens: int, seed: int) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     traces = {}
@@ -377,6 +392,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="random-layer draws in the skip control (default 5, quick 2)")
     parser.add_argument("--mc-limit", type=int, default=None,
                         help="use only the first N multiple-choice questions (default all 240, quick 60)")
+    parser.add_argument("--real-model", default=None, metavar="PATH_OR_NAME",
+                        help="instead of the small models, study this instruct model through its chat template "
+                             "(examples/real_model_study.py); --mc then defaults to mc_general_knowledge.jsonl")
     parser.add_argument("--write-prompts", action="store_true", help="regenerate tasks.jsonl from the templates and exit")
     parser.add_argument("--write-mc", action="store_true", help="regenerate the multiple-choice set from held-out text and exit")
     args = parser.parse_args(argv)
@@ -386,6 +404,10 @@ def main(argv=None) -> int:
         if args.write_mc:
             write_cloze_items()
         return 0
+    if args.real_model:
+        import real_model_study
+
+        return real_model_study.run(args, load_real_model)
     t0 = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -32,3 +32,29 @@ def test_reproduce_paper_quick_writes_every_section_with_figures_and_verdicts(tm
     models = sorted(p.parent.name for p in (EXAMPLES / "models").glob("*/config.json"))
     assert len(models) >= 4 and all(f"| {name} |" in report for name in models)
     assert report.count("Verdict: **") >= 6
+
+
+@pytest.mark.timeout(900)
+def test_reproduce_paper_real_model_quick_writes_every_section_through_the_chat_template(tmp_path):
+    """--real-model runs end to end on an instruct-style model: here the bundled model given a chat template."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from entropylens_hf import default_model
+
+    model, tokenizer = default_model()
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    folder = tmp_path / "chat-model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = subprocess.run([sys.executable, str(EXAMPLES / "reproduce_paper.py"), "--real-model", str(folder), "--quick",
+                          "--new-tokens", "6", "--seeds", "1", "--out", str(tmp_path / "report")],
+                         capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = (tmp_path / "report" / "report.md").read_text()
+    for section in range(1, 4):
+        assert f"## {section}. " in report
+    assert "<|user|>" not in report.split("## 1.")[0]  # the setup shows user messages, not rendered templates
+    for figure in ("profiles.png", "steps.png"):
+        assert f"]({figure})" in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert report.count("Verdict: **") >= 4

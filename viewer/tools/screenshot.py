@@ -4,7 +4,10 @@
 
 Writes main.png (a token drilled down), playback.png (replay stopped half-way) and
 mean_profile.png (the aggregate tab); with ``--compare MODEL_DIR`` (e.g. examples/models/llama-3l)
-also compare.png, the two models' mean profiles on normalised depth.
+also compare.png, the two models' mean profiles on normalised depth. With ``--chat-model MODEL``
+(an instruct model with a chat template, e.g. SmolLM2-135M-Instruct) also chat_main.png and
+chat_playback.png: a factual question asked through the chat template, the answer token
+selected at the last layer, and the replay stopped two thirds of the way up.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from entropylens_hf.models import default_model, demo_prompts_path
 from entropylens_hf.prompts import read_prompts, record_prompts
@@ -22,6 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs")
     parser.add_argument("--compare", type=Path, default=None, help="a second model folder for compare.png")
+    parser.add_argument("--chat-model", default=None, help="an instruct model for chat_main.png and chat_playback.png")
+    parser.add_argument("--question", default="What is the capital of France?", help="the chat question")
+    parser.add_argument("--answer-token", default="Paris", help="the generated token to select in chat_main.png")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     trace = Path(tempfile.mkdtemp()) / "demo.h5"
@@ -34,32 +42,22 @@ def main() -> None:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     from entropylens_viewer.app import MainWindow
 
-    window = MainWindow()
-    window.live_timer.stop()
-    window.resize(1280, 800)
-    window.show()
-    window.open_path(trace)
+    window = open_window(MainWindow, trace)
     state = window.state
     state.select_sequence(0)
     seq = state.sequence
     row = int(seq.is_generated.argmax()) + 1
     state.select_row(row)
     state.set_layer(state.num_layers - 1)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "main.png"))
+    grab(app, window, args.out / "main.png")
 
     state.select_sequence(2)
     state.select_row(int(state.sequence.is_generated.argmax()))
     state.set_layer(state.num_layers // 2)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "playback.png"))
+    grab(app, window, args.out / "playback.png")
 
     window.tabs.setCurrentIndex(1)
-    for _ in range(5):
-        app.processEvents()
-    window.grab().save(str(args.out / "mean_profile.png"))
+    grab(app, window, args.out / "mean_profile.png")
 
     if args.compare is not None:
         from entropylens_hf.loading import load_model
@@ -71,10 +69,53 @@ def main() -> None:
                        do_sample=False)
         window.open_path(second)
         window.tabs.setCurrentIndex(2)
-        for _ in range(5):
-            app.processEvents()
-        window.grab().save(str(args.out / "compare.png"))
+        grab(app, window, args.out / "compare.png")
+    if args.chat_model is not None:
+        chat_screenshots(app, args, trace.with_name("chat.h5"))
     print(f"screenshots in {args.out}")
+
+
+def chat_screenshots(app, args, trace: Path) -> None:
+    """Record ``args.question`` through the model's chat template and grab a fresh viewer window on it."""
+    from entropylens_hf.loading import load_model
+    from entropylens_hf.prompts import Prompt
+    from entropylens_viewer.app import MainWindow
+
+    model, tokenizer = load_model(args.chat_model, device="cpu", dtype="float32")
+    # TODO(merge): the library's chat API (record_prompts(..., chat=True)) renders this itself.
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": args.question}], add_generation_prompt=True,
+                                             tokenize=False)
+    name = Path(args.chat_model).name if Path(args.chat_model).exists() else args.chat_model
+    lens = EntropyLens(model, tokenizer, top_k=10, model_name=name)
+    record_prompts(lens, [Prompt(rendered)], trace, progress=False, max_new_tokens=12, do_sample=False)
+    window = open_window(MainWindow, trace)
+    state = window.state
+    state.select_sequence(0)
+    seq = state.sequence
+    rows = np.flatnonzero(seq.is_generated)
+    answer = next((r for r in rows if args.answer_token in seq.token_texts[seq.first_target + r]), rows[0])
+    state.select_row(int(answer))
+    state.set_layer(state.num_layers - 1)
+    grab(app, window, args.out / "chat_main.png")
+    state.set_layer(2 * (state.num_layers - 1) // 3)
+    grab(app, window, args.out / "chat_playback.png")
+
+
+def open_window(main_window_class, trace: Path):
+    """A 1280 x 800 viewer window showing ``trace``, not polling for live updates."""
+    window = main_window_class()
+    window.live_timer.stop()
+    window.resize(1280, 800)
+    window.show()
+    window.open_path(trace)
+    return window
+
+
+def grab(app, window, path: Path) -> None:
+    """Let Qt paint, then save the window as a PNG."""
+    for _ in range(5):
+        app.processEvents()
+    window.grab().save(str(path))
 
 
 if __name__ == "__main__":
