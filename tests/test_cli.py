@@ -79,7 +79,7 @@ def test_info_and_export(tiny_model_dir, prompts_jsonl, tmp_path, capsys):
     [
         (["info", "{tmp}/missing.h5"], "no such trace file"),
         (["info", "{tmp}/foreign.h5"], "not an entropylens trace"),
-        (["record", "{tmp}/no-model", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/t.h5"], "no such model folder"),
+        (["record", "{tmp}/no-model", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/t.h5"], "cannot load the model"),
         (["record", "default", "--prompts", "{tmp}/missing.txt", "--out", "{tmp}/t.h5"], "no such prompts file"),
         (["record", "default", "--prompts", "{tmp}/empty.jsonl", "--out", "{tmp}/t.h5"], "line 2: empty prompt"),
         (["record", "default", "--prompts", "{tmp}/p.txt", "--out", "{tmp}/nope/t.h5"], "does not exist"),
