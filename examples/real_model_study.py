@@ -31,7 +31,7 @@ from entropylens_hf import EntropyLens, Trace
 from entropylens_hf.analysis import (classify_trace, format_classification, group_dynamics, group_profiles,
                                      layer_dynamics, read_multiple_choice, skip_layers, token_profiles)
 from entropylens_hf.analysis.dynamics import EXPANSION, PRUNING, entropy_steps
-from entropylens_hf.prompts import Prompt, record_prompts
+from entropylens_hf.prompts import Prompt, record_prompts, tokenize_prompts
 
 from reproduce_paper import PROMPTS_DIR, RENYI, _figure, _label_panel, _layer, _p, _save, _table, _verdict
 
@@ -59,16 +59,10 @@ TOPICS = ["a bicycle", "a smartphone", "a guitar", "coffee", "a dog", "a garden"
 def render_chat(tokenizer, text: str) -> str:
     """``text`` as a user message, rendered by the model's chat template up to the assistant's turn.
 
-    The rendered string already holds the template's special tokens, so it is tokenized with
-    ``add_special_tokens=False`` (no second BOS); the check below makes sure the plain
-    tokenization that ``record_prompts`` does gives the same ids.
-    TODO(merge): replace by the library's chat API (``record_prompts(..., chat=True)``).
+    The library's chat rendering (the same that ``record_prompts(..., chat=True)`` records), used
+    here for the multiple-choice prefixes, which are scored rather than generated from.
     """
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                             tokenize=False)
-    if tokenizer(rendered)["input_ids"] != tokenizer(rendered, add_special_tokens=False)["input_ids"]:
-        raise ValueError("this tokenizer adds special tokens to a rendered chat; record it with add_special_tokens=False")
-    return rendered
+    return tokenize_prompts(tokenizer, [Prompt(text)], chat=True)[1][0]
 
 
 def make_chat_prompts(per_cell: int = 8) -> list[tuple[str, dict]]:
@@ -259,11 +253,11 @@ def run(args, load) -> int:
 
     # 1. record the chat prompts: greedy, generated rows only (the profiles the paper classifies)
     messages = make_chat_prompts(per_cell)
-    prompts = [Prompt(render_chat(tokenizer, text), labels) for text, labels in messages]
+    prompts = [Prompt(text, labels) for text, labels in messages]
     # Resumable: prompts already in the trace (an interrupted or earlier run with the same settings) are reused.
     trace_path = out / "traces" / f"chat_tasks_{len(prompts)}x{new_tokens}.h5"
     lens = EntropyLens(model, tokenizer, top_k=5, renyi_alphas=RENYI, record_prompt=False, model_name=name)
-    recorded, reused = record_prompts(lens, prompts, trace_path, batch_size=32, progress=False,
+    recorded, reused = record_prompts(lens, prompts, trace_path, batch_size=32, progress=False, chat=True,
                                       max_new_tokens=new_tokens, do_sample=False)
     t_record = time.perf_counter() - t_load
     print(f"  recorded {recorded} chat prompts in {t_record:.0f} s ({reused} already in {trace_path})")

@@ -82,12 +82,9 @@ def chat_screenshots(app, args, trace: Path) -> None:
     from entropylens_viewer.app import MainWindow
 
     model, tokenizer = load_model(args.chat_model, device="cpu", dtype="float32")
-    # TODO(merge): the library's chat API (record_prompts(..., chat=True)) renders this itself.
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": args.question}], add_generation_prompt=True,
-                                             tokenize=False)
     name = Path(args.chat_model).name if Path(args.chat_model).exists() else args.chat_model
     lens = EntropyLens(model, tokenizer, top_k=10, model_name=name)
-    record_prompts(lens, [Prompt(rendered)], trace, progress=False, max_new_tokens=12, do_sample=False)
+    record_prompts(lens, [Prompt(args.question)], trace, chat=True, progress=False, max_new_tokens=12, do_sample=False)
     window = open_window(MainWindow, trace)
     state = window.state
     state.select_sequence(0)
