@@ -78,9 +78,11 @@ class ChatSession:
                                                        add_generation_prompt=True)
 
     def reply(self, text: str) -> Turn:
-        """Generate, stream and record the answer to ``text``; Ctrl-C ends it early (kept as interrupted)."""
-        from transformers import TextStreamer
+        """Generate, stream and record the answer to ``text``; Ctrl-C ends it early (kept as interrupted).
 
+        A second Ctrl-C raises :class:`KeyboardInterrupt` out of generate: the rows written so
+        far stay in the trace (abandoned), the question leaves the history.
+        """
         tokenizer, model = self.lens.tokenizer, self.lens.model
         self.messages.append({"role": "user", "content": text})
         rendered = self.render()
@@ -96,16 +98,22 @@ class ChatSession:
         inputs = inputs.to(next(model.parameters()).device)
         streamer = _Streamer(tokenizer, self.out, skip_prompt=True, skip_special_tokens=True)
         self.recorder.next_call(labels={"conversation": self.conversation, "turn": self.turn}, prompt_texts=[rendered])
-        with _ctrl_c_stops(self.recorder):
-            output = model.generate(**inputs, streamer=streamer, logits_processor=[self.recorder],
-                                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                    else tokenizer.eos_token_id, **self.generate_kwargs)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        try:
+            with _ctrl_c_stops(self.recorder):
+                output = model.generate(**inputs, streamer=streamer, logits_processor=[self.recorder], pad_token_id=pad,
+                                        **self.generate_kwargs)
+        except KeyboardInterrupt:
+            self.messages.pop()
+            raise
         answer = tokenizer.decode(output[0, width:], skip_special_tokens=True)
         record = self.recorder.last_records[0]
         interrupted = not record.complete
         if interrupted:
             print(" [stopped]", file=self.out, flush=True)
-        self.messages.append({"role": "assistant", "content": answer.strip() if not self.plain else answer.split("\nUser:")[0].strip()})
+        # A plain transcript's continuation often writes the next "User:" line itself: keep the reply only.
+        self.messages.append({"role": "assistant", "content": answer.split("\nUser:")[0].strip() if self.plain
+                              else answer.strip()})
         return Turn(answer, interrupted, record.index)
 
 
@@ -185,4 +193,6 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input, out: Text
         except EntropyLensError as exc:
             print(f"\n{exc}", file=out, flush=True)
             continue
+        except KeyboardInterrupt:
+            print(" [interrupted]", file=out, flush=True)
         replies += 1
