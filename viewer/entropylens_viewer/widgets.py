@@ -161,7 +161,7 @@ class HeatmapView(pg.PlotWidget):
         self.cursor = pg.RectROI((0, 0), (1, 1), pen=pg.mkPen("r", width=2), movable=False, resizable=False)
         for handle in self.cursor.getHandles():
             self.cursor.removeHandle(handle)
-        self.live_marker = pg.TextItem("● writing…", color=(214, 39, 40), anchor=(1, 1))
+        self.live_marker = pg.TextItem("● writing…", color=(214, 39, 40), anchor=(1, 0), fill=(255, 255, 255, 210))
         self.live_marker.setVisible(False)
         for item in (self.prompt_region, self.prompt_line, self.layer_line, self.cursor, self.live_marker):
             self.addItem(item)
