@@ -113,3 +113,18 @@ def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a
         assert two.token_ids[: two.prompt_length].tolist() == tokenizer(two.prompt_text, add_special_tokens=False).input_ids
     # the reply streamed to the terminal (up to the token the recording kept, give or take the one in flight)
     assert reply[:8] in first.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--out", "{tmp}"], "is a directory"),
+    (["--live-interval", "-1"], "--live-interval -1.0: must be >= 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+])
+def test_bad_chat_options_get_one_line_before_the_model_loads(tmp_path, capsys, options, message):
+    from entropylens_hf.cli import main
+
+    argv = ["chat", "no-such-model", "--out", str(tmp_path / "c.h5")] + [o.format(tmp=tmp_path) for o in options]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("entropylens chat: error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.h5").exists()
