@@ -150,6 +150,7 @@ class LogitLens(nn.Module):
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         self.unembedding = unembedding
         self.transforms = tuple(transforms)
+        self.translator: nn.Module | None = None  # a TunedLens, set by EntropyLens(lens=...)
 
     @classmethod
     def from_model(
@@ -210,8 +211,21 @@ class LogitLens(nn.Module):
         return z
 
     @torch.no_grad()
+    def translate(self, residuals: torch.Tensor) -> torch.Tensor:
+        """Residuals ``[..., R, d]`` of lens rows 0..R-1 as this lens reads them before its final norm.
+
+        Why a separate step: a tuned lens maps each row through its own translator, so the
+        row index must be known before rows are flattened; the logit lens leaves them as they are.
+        """
+        return residuals if self.translator is None else self.translator(residuals)
+
+    @torch.no_grad()
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full float32 logits ``[..., V]`` for residuals ``[..., d]``."""
+        """Full float32 logits ``[..., V]`` for residuals ``[..., d]`` (already translated, if at all)."""
+        return self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`project` with gradients to ``hidden`` (for training a tuned lens)."""
         normed = self.normalize(hidden).to(self.device)
         return self._transform(self.unembedding(normed).float())
 

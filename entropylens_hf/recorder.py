@@ -43,6 +43,7 @@ from .metrics import LensStatistics
 from .metrics import entropy as shannon_entropy
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
 from .trace.schema import label_texts
+from .tuned_lens import TunedLens
 
 __all__ = ["EntropyLens", "TraceRecorder", "parse_lens_dtype", "parse_prompt_rows"]
 
@@ -99,6 +100,8 @@ class EntropyLens:
     over them needs about twice that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
+    ``lens`` is a :class:`~entropylens_hf.tuned_lens.TunedLens` to record through instead
+    of the logit lens (``TunedLens.load(path)``); one trained for another model is refused.
     """
 
     def __init__(
@@ -115,10 +118,15 @@ class EntropyLens:
         layers: torch.nn.ModuleList | None = None,
         final_norm: torch.nn.Module | None = None,
         unembedding: torch.nn.Module | None = None,
+        lens: TunedLens | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.lens = LogitLens.from_model(model, layers=layers, final_norm=final_norm, unembedding=unembedding)
+        self.tuned_lens = lens
+        if lens is not None:
+            lens.check_model(model, self.lens)
+            self.lens.translator = lens.to(self.lens.device)
         if not 1 <= top_k <= self.lens.vocab_size:
             raise ValueError(f"top_k must be between 1 and the vocabulary size {self.lens.vocab_size}, got {top_k}")
         self.top_k = int(top_k)
@@ -530,6 +538,7 @@ class TraceRecorder(LogitsProcessor):
         """
         n, layers, d = residuals.shape
         lens = self.lens
+        residuals = lens.lens.translate(residuals)
         if self._workspace is None:
             self._workspace = lens.lens.new_workspace(lens.max_logits)
         per_layer = [
