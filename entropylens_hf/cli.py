@@ -138,6 +138,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from .recorder import EntropyLens
 
     lens_file = _lens_file(args.lens, args.model)
+    _check_trace_lens(out, lens_file)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
@@ -185,6 +186,23 @@ def _lens_file(value: str, model: str) -> Path | None:
             raise EntropyLensError(f"--lens {value}: neither logit, tuned nor an existing tuned-lens file")
     read_header(path)
     return path
+
+
+def _check_trace_lens(out: Path, lens_file: Path | None) -> None:
+    """Refuse, before the model loads, to append to a trace recorded through another lens."""
+    if not out.exists():
+        return
+    from .trace import Trace
+    from .tuned_lens import file_sha256
+
+    with Trace.open(out) as trace:
+        recorded = trace.metadata.lens
+    kind, sha = ("logit", "") if lens_file is None else ("tuned", file_sha256(lens_file))
+    if recorded.get("kind", "logit") != kind or recorded.get("sha256", "") != sha:
+        was = recorded.get("kind", "logit") + (f" ({recorded['name']})" if recorded.get("name") else "")
+        now = "logit" if lens_file is None else f"tuned ({lens_file.name})"
+        raise EntropyLensError(f"--out {out}: recorded through the {was} lens, not the {now} lens; "
+                               "write to a new file, or record with the trace's own --lens")
 
 
 def _model_folder(model: str) -> Path | None:

@@ -211,13 +211,13 @@ class LogitLens(nn.Module):
         return z
 
     @torch.no_grad()
-    def translate(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Residuals ``[..., R, d]`` of lens rows 0..R-1 as this lens reads them before its final norm.
+    def translate(self, residuals: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Residuals ``[..., R, d]`` of lens rows ``rows`` (default ``0..R-1``) as this lens reads them before its final norm.
 
         Why a separate step: a tuned lens maps each row through its own translator, so the
         row index must be known before rows are flattened; the logit lens leaves them as they are.
         """
-        return residuals if self.translator is None else self.translator(residuals)
+        return residuals if self.translator is None else self.translator(residuals, rows)
 
     @torch.no_grad()
     def project(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -152,6 +152,7 @@ class EntropyLens:
             renyi_alphas=self.renyi_alphas,
             tokenizer_name=getattr(self.tokenizer, "name_or_path", "") or "",
             model_config=cfg.to_diff_dict() if hasattr(cfg, "to_diff_dict") else {},
+            lens=self.tuned_lens.trace_lens() if self.tuned_lens is not None else {"kind": "logit"},
         )
 
     def vocabulary(self) -> list[str]:

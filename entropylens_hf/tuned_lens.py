@@ -82,7 +82,7 @@ class TunedLens(nn.Module):
 
     >>> tuned = TunedLens.load("lens.safetensors")
     >>> lens = EntropyLens(model, tokenizer, lens=tuned)      # records through the translators
-    >>> tuned(residuals)   # [..., R, d] rows 0..R-1 of the lens, translated (R <= rows)
+    >>> tuned(residuals)   # [..., R, d] lens rows 0..R-1, translated (or tuned(residuals, rows))
 
     ``TunedLens.for_model(model)`` makes an identity-initialised lens to train
     (:mod:`entropylens_hf.lens_training`). Translators compute in float32 whatever the
@@ -123,12 +123,16 @@ class TunedLens(nn.Module):
         """Lens rows covered, the last (untranslated) one included."""
         return len(self.layer_kinds)
 
-    def forward(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Translate residual rows ``[..., R, d]`` (rows 0..R-1 of the lens; row ``num_rows - 1`` stays)."""
-        rows = residuals.shape[-2]
-        if rows > self.num_rows:
-            raise LensMismatchError(f"a tuned lens for {self.num_rows} lens rows was given {rows} rows of residuals")
-        return torch.stack([self.translate_row(residuals[..., i, :], i) for i in range(rows)], dim=-2)
+    def forward(self, residuals: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Translate residuals ``[..., R, d]``: ``residuals[..., j, :]`` is lens row ``rows[j]`` (default ``j``).
+
+        The last lens row (and any index past the translators) is returned as it is, in float32.
+        """
+        rows = range(residuals.shape[-2]) if rows is None else rows
+        if len(rows) != residuals.shape[-2] or any(not 0 <= r < self.num_rows for r in rows):
+            raise LensMismatchError(f"a tuned lens of {self.num_rows} lens rows was given rows {list(rows)} "
+                                    f"for {residuals.shape[-2]} residuals")
+        return torch.stack([self.translate_row(residuals[..., j, :], r) for j, r in enumerate(rows)], dim=-2)
 
     def translate_row(self, hidden: torch.Tensor, row: int) -> torch.Tensor:
         """Residuals ``[..., d]`` of lens row ``row`` through its translator: ``h + A h + b`` in float32."""

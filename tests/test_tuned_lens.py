@@ -69,6 +69,11 @@ def test_save_load_round_trip_keeps_outputs_header_and_hash(tiny, tmp_path):
     loaded = TunedLens.load(tmp_path / "a.safetensors")
     residuals = torch.randn(5, 3, 32)
     torch.testing.assert_close(loaded(residuals), lens(residuals), rtol=0, atol=0)
+    # rows named explicitly (as a recorder passing a subset of rows does); the last row is left as it is
+    torch.testing.assert_close(lens(residuals[:, [2, 1]], [2, 1]), lens(residuals)[:, [2, 1]], rtol=0, atol=0)
+    torch.testing.assert_close(lens(residuals)[:, 2], residuals[:, 2], rtol=0, atol=0)
+    with pytest.raises(LensMismatchError):
+        lens(torch.randn(2, 4, 32))
     assert sha == loaded.sha256 == file_sha256(tmp_path / "a.safetensors")
     assert loaded.header() == lens.header() and loaded.layer_kinds == ("emb", "layer", "layer")
     assert loaded.trace_lens() == {"kind": "tuned", "name": "a.safetensors", "sha256": sha}
@@ -220,3 +225,29 @@ def test_train_lens_resumes_after_ctrl_c_and_ends_where_an_uninterrupted_run_end
     resumed = TunedLens.load(out)
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_trace_names_its_tuned_lens_and_a_logit_lens_trace_refuses_tuned_rows(tiny, tmp_path, capsys):
+    from entropylens_hf.errors import TraceError
+    from entropylens_hf.trace import Trace
+
+    tuned = _randomised(TunedLens.for_model(tiny))
+    sha = tuned.save(tmp_path / "tl.safetensors")
+    prompt = dict(input_ids=torch.tensor([[1, 5, 9]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    EntropyLens(tiny, None, lens=tuned).generate(**prompt, trace=tmp_path / "tuned.h5")
+    with Trace.open(tmp_path / "tuned.h5") as trace:
+        assert trace.metadata.lens == {"kind": "tuned", "name": "tl.safetensors", "sha256": sha}
+        assert trace.metadata.lens_kind == "tuned"
+
+    EntropyLens(tiny, None).generate(**prompt, trace=tmp_path / "logit.h5")
+    with pytest.raises(TraceError, match=r"lens logit vs tuned \(tl.safetensors\)"):
+        EntropyLens(tiny, None, lens=tuned).generate(**prompt, trace=tmp_path / "logit.h5")
+    with Trace.open(tmp_path / "logit.h5") as trace:
+        assert len(trace) == 1 and trace.metadata.lens_kind == "logit"
+    # the CLI says so before loading any model
+    (tmp_path / "p.txt").write_text("hello\n")
+    argv = ["record", str(tmp_path / "no-such-model"), "--prompts", str(tmp_path / "p.txt"),
+            "--out", str(tmp_path / "logit.h5"), "--lens", str(tmp_path / "tl.safetensors")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "recorded through the logit lens, not the tuned (tl.safetensors) lens" in err and err.count("\n") == 1
