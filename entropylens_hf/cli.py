@@ -111,9 +111,9 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
     """
     from .prompts import tokenize_prompts
 
-    config = model.config
-    context = next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                    if isinstance(getattr(config, name, None), int)), None)
+    from .loading import context_length
+
+    context = context_length(model)
     if context is None:
         return
     for number, prompt in enumerate(prompts, start=1):
@@ -296,6 +296,8 @@ def summarize(trace) -> str:
         f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
         f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
     ]
+    if m.lens_kind != "logit":
+        lines.append(f"lens       {m.lens_kind} lens {m.lens.get('name', '')} (sha256 {m.lens.get('sha256', '')[:16]}...)")
     if rows:
         lines.append(f"storage    {size / (rows * m.num_layers):.1f} bytes per token-layer ({rows} rows x {m.num_layers} layers)")
     counts: dict[str, dict[str, int]] = {}
@@ -486,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     tl.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
     tl.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    tl.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
-                    help="sgd: SGD with Nesterov momentum 0.9 (default, as tuned-lens); adam: Adam (AMSGrad) with 20%% warm-up")
-    tl.add_argument("--lr", type=float, default=None, help="peak learning rate, decayed linearly to 0 (default 0.1 for sgd, 1e-3 for adam)")
+    tl.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="adam: Adam (AMSGrad) with 20%% warm-up (default); sgd: SGD with Nesterov momentum 0.9, as tuned-lens")
+    tl.add_argument("--lr", type=float, default=None, help="peak learning rate, decayed linearly to 0 (default 1e-3 for adam, 0.1 for sgd)")
     tl.add_argument("--seed", type=int, default=0, help="seed of the data order (default 0)")
     tl.add_argument("--held-out", type=float, default=0.1, help="fraction of --text (its end) held out when there is no --eval-text (default 0.1)")
     tl.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens to evaluate on at the end (default 16384)")

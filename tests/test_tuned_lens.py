@@ -238,6 +238,8 @@ def test_trace_names_its_tuned_lens_and_a_logit_lens_trace_refuses_tuned_rows(ti
     with Trace.open(tmp_path / "tuned.h5") as trace:
         assert trace.metadata.lens == {"kind": "tuned", "name": "tl.safetensors", "sha256": sha}
         assert trace.metadata.lens_kind == "tuned"
+    assert main(["info", str(tmp_path / "tuned.h5")]) == 0
+    assert f"tuned lens tl.safetensors (sha256 {sha[:16]}" in capsys.readouterr().out
 
     EntropyLens(tiny, None).generate(**prompt, trace=tmp_path / "logit.h5")
     with pytest.raises(TraceError, match=r"lens logit vs tuned \(tl.safetensors\)"):
@@ -251,3 +253,29 @@ def test_trace_names_its_tuned_lens_and_a_logit_lens_trace_refuses_tuned_rows(ti
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "recorded through the logit lens, not the tuned (tl.safetensors) lens" in err and err.count("\n") == 1
+
+
+def test_bundled_model_ships_a_tuned_lens_below_the_logit_lens_at_every_layer(tmp_path):
+    from entropylens_hf.cli import _lens_file
+    from entropylens_hf.lens_training import sequences_of
+    from entropylens_hf.models import default_model, default_model_path
+    from entropylens_hf.trace import Trace
+
+    path = _lens_file("tuned", "default")
+    assert path == default_model_path() / "tuned_lens.safetensors"
+    tuned = TunedLens.load(path)
+    stored = tuned.evaluation
+    assert stored["tokens"] >= 16384 and np.all(np.asarray(stored["tuned"]) < np.asarray(stored["logit"]))
+    model, tokenizer = default_model()
+    tuned.check_model(model)
+    # measured again here, on text the lens never saw (the model card)
+    text = (default_model_path() / "README.md").read_text()
+    again = evaluate_kl(model, tuned, sequences_of(tokenizer, text, 64)[:4])
+    assert np.mean(again["tuned"]) < np.mean(again["logit"])
+
+    (tmp_path / "p.txt").write_text("Return the absolute value of\n")
+    argv = ["record", "default", "--lens", "tuned", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "t.h5"),
+            "--max-new-tokens", "2", "--quiet"]
+    assert main(argv) == 0
+    with Trace.open(tmp_path / "t.h5") as trace:
+        assert trace.metadata.lens == tuned.trace_lens() and len(trace) == 1

@@ -25,7 +25,7 @@ from train_model import DEFAULT_CORPUS, load_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "entropylens_hf" / "assets" / "default_model" / "tuned_lens.safetensors"
-DEFAULTS = ["--steps", "300", "--seq-len", "128", "--batch-size", "8", "--eval-tokens", "32768", "--seed", "0"]
+DEFAULTS = ["--steps", "100", "--seq-len", "128", "--batch-size", "8", "--eval-tokens", "32768", "--seed", "0"]
 
 
 def write_texts(corpus: Path, folder: Path) -> tuple[Path, Path]:
@@ -39,8 +39,6 @@ def write_texts(corpus: Path, folder: Path) -> tuple[Path, Path]:
 
 def compare(train: Path, held: Path, extra: list[str], folder: Path) -> None:
     """SGD vs Adam for the same steps and data, in one run; each also read back with float16 weights."""
-    import torch
-
     from entropylens_hf.lens_training import TextSource, TrainSettings, evaluate_kl, split_data, train_lens
     from entropylens_hf.models import default_model
 
