@@ -30,7 +30,16 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 
-__all__ = ["MidPoint", "first_tensor", "resolve_mid_points"]
+__all__ = ["MidPoint", "first_tensor", "lens_rows", "resolve_mid_points"]
+
+
+def lens_rows(decoder_layers: int, sublayers: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names and kinds of the lens rows: ``embeddings, layer 1, ...`` (kinds ``emb, layer, ...``),
+    or with sub-layers ``embeddings, 1.attn, 1.mlp, 2.attn, ...`` (kinds ``emb, attn, mlp, ...``)."""
+    if not sublayers:
+        return ("embeddings",) + tuple(f"layer {i}" for i in range(1, decoder_layers + 1)), ("emb",) + ("layer",) * decoder_layers
+    names = tuple(f"{i}.{part}" for i in range(1, decoder_layers + 1) for part in ("attn", "mlp"))
+    return ("embeddings",) + names, ("emb",) + ("attn", "mlp") * decoder_layers
 
 
 @dataclass(frozen=True)
