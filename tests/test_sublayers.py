@@ -1,5 +1,6 @@
 """Sub-layer readouts: the residual after each layer's attention step, found generically, per family."""
 
+import numpy as np
 import pytest
 import torch
 from model_zoo import FAMILIES, VOCAB, tiny_model
@@ -85,3 +86,30 @@ def test_probe_leaves_no_hooks_and_restores_training_mode(gpt2):
     resolve_mid_points(gpt2, resolve_decoder_layers(gpt2))
     assert gpt2.training
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in gpt2.modules())
+
+
+FIXED = dict(max_new_tokens=4, eos_token_id=None, pad_token_id=0, do_sample=False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "olmo2"])
+def test_whole_layer_rows_of_a_sublayer_recording_equal_a_plain_recording(family):
+    from entropylens_hf import EntropyLens
+
+    model = tiny_model(family)
+    prompt = torch.tensor([[0, 5, 9, 17], [4, 8, 15, 16]])
+    inputs = dict(input_ids=prompt, attention_mask=(prompt != 0).long())
+    sub = EntropyLens(model, None, top_k=3, sublayers=True)
+    out_sub, records_sub = sub.generate(**inputs, **FIXED)
+    out, records = EntropyLens(model, None, top_k=3).generate(**inputs, **FIXED)
+    assert torch.equal(out_sub, out)  # the extra hooks change nothing the model does
+    layers = len(resolve_decoder_layers(model))
+    assert sub.metadata().layer_names[:4] == ("embeddings", "1.attn", "1.mlp", "2.attn")
+    assert sub.metadata().num_layers == 2 * layers + 1
+    for a, b in zip(records_sub, records):
+        assert a.entropy.shape == (b.n_rows, 2 * layers + 1)
+        whole = slice(0, None, 2)
+        np.testing.assert_allclose(a.entropy[:, whole], b.entropy, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.target_prob[:, whole], b.target_prob, rtol=1e-5, atol=1e-8)
+        np.testing.assert_array_equal(a.target_rank[:, whole], b.target_rank)
+        np.testing.assert_array_equal(a.topk_ids[:, whole, 0], b.topk_ids[:, :, 0])
+        assert not np.allclose(a.entropy[:, 1::2], a.entropy[:, 2::2])  # the mid rows are rows of their own
