@@ -150,6 +150,7 @@ class EntropyLens:
             model_name=self.model_name,
             num_layers=len(self.layer_names),
             layer_names=self.layer_names,
+            layer_kinds=self.layer_kinds,
             vocab_size=self.lens.vocab_size,
             top_k=self.top_k,
             renyi_alphas=self.renyi_alphas,
@@ -599,6 +600,7 @@ class TraceRecorder(LogitsProcessor):
                         [np.full(state.prompt_rows[b], np.nan, dtype=np.float32), out_entropy[b, :n_generated]]
                     ),
                     renyi=arrays["renyi"],
+                    kl_final=arrays["kl"] if self.lens._record_kl else None,
                     renyi_alphas=self.lens.renyi_alphas,
                     labels=state.row_labels[b],
                     prompt_text=_decode(tokenizer, prompt) if state.row_prompt_texts is None else state.row_prompt_texts[b],

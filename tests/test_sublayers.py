@@ -105,6 +105,7 @@ def test_whole_layer_rows_of_a_sublayer_recording_equal_a_plain_recording(family
     layers = len(resolve_decoder_layers(model))
     assert sub.metadata().layer_names[:4] == ("embeddings", "1.attn", "1.mlp", "2.attn")
     assert sub.metadata().num_layers == 2 * layers + 1
+    assert sub.metadata().layer_kinds == ("emb",) + ("attn", "mlp") * layers
     for a, b in zip(records_sub, records):
         assert a.entropy.shape == (b.n_rows, 2 * layers + 1)
         whole = slice(0, None, 2)
@@ -112,4 +113,5 @@ def test_whole_layer_rows_of_a_sublayer_recording_equal_a_plain_recording(family
         np.testing.assert_allclose(a.target_prob[:, whole], b.target_prob, rtol=1e-5, atol=1e-8)
         np.testing.assert_array_equal(a.target_rank[:, whole], b.target_rank)
         np.testing.assert_array_equal(a.topk_ids[:, whole, 0], b.topk_ids[:, :, 0])
+        np.testing.assert_allclose(a.kl_final[:, whole], b.kl_final, rtol=1e-4, atol=1e-6)
         assert not np.allclose(a.entropy[:, 1::2], a.entropy[:, 2::2])  # the mid rows are rows of their own
