@@ -154,7 +154,7 @@ def sublayer_shares(profiles: np.ndarray, layer_kinds: Sequence[str]) -> Sublaye
         raise AnalysisError("no token profiles to attribute")
     steps = sublayer_steps(profiles, layer_kinds)
     up_a, up_m = np.clip(steps.attention, 0, None).sum(), np.clip(steps.mlp, 0, None).sum()
-    down_a, down_m = -np.clip(steps.attention, None, 0).sum(), -np.clip(steps.mlp, None, 0).sum()
+    down_a, down_m = np.clip(-steps.attention, 0, None).sum(), np.clip(-steps.mlp, 0, None).sum()
     n = profiles.shape[0]
     return SublayerShares(
         expansion_attention=float(up_a / (up_a + up_m)) if up_a + up_m > 0 else float("nan"),
