@@ -6,7 +6,7 @@ tokens; above 0 expands, below 0 prunes) and the mean KL(p_final || p_layer) of 
 at every whole layer. Prints the attention shares of expansion and pruning per task and the
 most frequent pruning sites.
 
-    python examples/sublayers_kl.py [--out examples/sublayers] [--real-model smollm2] [--tokens 16]
+    python examples/sublayers_kl.py [--out examples/sublayers] [--real-model smollm2] [--tokens 16] [--per-task 3]
 
 Writes ``OUT/sublayers_kl.png``, ``OUT/summary.txt`` and the traces ``OUT/traces/*.h5``
 (recording resumes: prompts already in a trace are skipped).
@@ -38,21 +38,21 @@ CHAT = {
 TOPICS = ["a bicycle", "coffee", "the moon"]
 
 
-def bundled_prompts() -> list[Prompt]:
-    """The first 3 prompts of each task in the bundled labelled prompts (12)."""
+def bundled_prompts(per_task: int) -> list[Prompt]:
+    """The first ``per_task`` prompts of each task in the bundled labelled prompts."""
     seen: Counter = Counter()
     prompts = []
     for line in TASKS.read_text().splitlines():
         item = json.loads(line)
         task = item["labels"]["task"]
-        if seen[task] < 3:
+        if seen[task] < per_task:
             seen[task] += 1
             prompts.append(Prompt(item["prompt"], {"task": task}))
     return prompts
 
 
-def chat_prompts() -> list[Prompt]:
-    return [Prompt(text.format(topic), {"task": task}) for task, text in CHAT.items() for topic in TOPICS]
+def chat_prompts(per_task: int) -> list[Prompt]:
+    return [Prompt(text.format(topic), {"task": task}) for task, text in CHAT.items() for topic in TOPICS[:per_task]]
 
 
 def record(name: str, model, tokenizer, prompts: list[Prompt], path: Path, tokens: int, chat: bool) -> None:
@@ -115,19 +115,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "examples" / "sublayers")
     parser.add_argument("--real-model", default="smollm2", help="a name or folder for load_model; 'none' to skip")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--per-task", type=int, default=3, choices=[1, 2, 3], help="prompts per task (4 tasks)")
     args = parser.parse_args(argv)
     (args.out / "traces").mkdir(parents=True, exist_ok=True)
     from entropylens_hf.models import default_model
 
     model, tokenizer = default_model()
     paths = [args.out / "traces" / "bundled.h5"]
-    record("bundled model", model, tokenizer, bundled_prompts(), paths[0], args.tokens, chat=False)
+    record("bundled model", model, tokenizer, bundled_prompts(args.per_task), paths[0], args.tokens, chat=False)
     if args.real_model != "none":
         from entropylens_hf.loading import load_model
 
         model, tokenizer = load_model(args.real_model, device="cpu", dtype="float32")
         paths.append(args.out / "traces" / f"{args.real_model}.h5")
-        record(args.real_model, model, tokenizer, chat_prompts(), paths[-1], args.tokens, chat=True)
+        record(args.real_model, model, tokenizer, chat_prompts(args.per_task), paths[-1], args.tokens, chat=True)
     results = [summarise(p) for p in paths]
     figure(results, args.out / "sublayers_kl.png")
     lines = []
