@@ -149,7 +149,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         tuned = TunedLens.load(lens_file)
     try:
         lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas, record_prompt=prompt_rows,
-                           lens_dtype=args.lens_dtype, model_name=args.model, lens=tuned)
+                           lens_dtype=args.lens_dtype, model_name=args.model, sublayers=args.sublayers, lens=tuned)
+    except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel, a lens for another model
+        raise
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
     chat = args.chat or any(p.messages for p in prompts)
@@ -471,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
     rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
+    rec.add_argument("--sublayers", action="store_true",
+                     help="also read each layer's residual after attention, before the MLP (rows 1.attn, 1.mlp, ...)")
     rec.add_argument("--lens", default="logit", metavar="logit|tuned|FILE",
                      help="logit (default): the logit lens; tuned: the tuned lens stored with the model "
                           "(tuned_lens.safetensors in its folder; the bundled model has one); FILE: a tuned lens "

@@ -161,6 +161,15 @@ class TunedLens(nn.Module):
             warnings.warn(f"{name} was trained for a {mine.model_type} model, this one is {actual.model_type} "
                           "(same shape, so it is used anyway)", stacklevel=3)
 
+    def check_rows(self, layer_kinds: Sequence[str]) -> None:
+        """Refuse a recording whose lens rows are not the ones the translators were trained on."""
+        if tuple(layer_kinds) != self.layer_kinds:
+            name = self.path.name if self.path is not None else "the tuned lens"
+            mine = "sub-layer rows" if "attn" in self.layer_kinds else "whole layers"
+            theirs = "sub-layer rows (--sublayers)" if "attn" in layer_kinds else "whole layers"
+            raise LensMismatchError(f"{name} translates {mine} ({len(self.layer_kinds)} rows), but this recording reads "
+                                    f"{theirs} ({len(layer_kinds)} rows); record without --sublayers, or with the logit lens")
+
     def trace_lens(self) -> dict[str, str]:
         """The trace's ``lens`` attribute for recordings through this lens."""
         return {"kind": "tuned", "name": self.path.name if self.path is not None else "", "sha256": self.sha256}

@@ -83,8 +83,9 @@ def test_save_load_round_trip_keeps_outputs_header_and_hash(tiny, tmp_path):
     assert half.sha256 != sha and (tmp_path / "h.safetensors").stat().st_size < (tmp_path / "a.safetensors").stat().st_size
 
 
-def _float64_reference(model, lens: TunedLens, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy and target probability per position and lens row, by hand in float64: translate, norm, unembed."""
+def _float64_reference(model, lens: TunedLens, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entropy, target probability and KL to the final row per position and lens row, by hand in float64:
+    translate, norm, unembed."""
     with torch.no_grad():
         out = model(tokens[None, :-1], output_hidden_states=True)
         norm = copy.deepcopy(model.model.norm).double()
@@ -99,7 +100,9 @@ def _float64_reference(model, lens: TunedLens, tokens: torch.Tensor) -> tuple[np
         log_p = torch.log_softmax(logits, -1)
         entropy = -(log_p.exp() * log_p).sum(-1)
         target = log_p.exp().gather(-1, tokens[1:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
-    return entropy.numpy(), target.numpy()
+        final = log_p[:, -1:]
+        kl = (final.exp() * (final - log_p)).sum(-1)
+    return entropy.numpy(), target.numpy(), kl.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +116,10 @@ def tuned_recording(tiny):
 
 def test_recording_through_a_tuned_lens_equals_a_float64_computation_by_hand(tiny, tuned_recording):
     tuned, record = tuned_recording
-    entropy, target = _float64_reference(tiny, tuned, torch.as_tensor(record.token_ids))
+    entropy, target, kl = _float64_reference(tiny, tuned, torch.as_tensor(record.token_ids))
     np.testing.assert_allclose(record.entropy, entropy, atol=2e-4, rtol=1e-4)
     np.testing.assert_allclose(record.target_prob, target, atol=2e-5, rtol=1e-3)
+    np.testing.assert_allclose(record.kl_final, kl, atol=2e-4, rtol=1e-3)
     # the translators changed the readout of every row but the last
     plain = _float64_reference(tiny, TunedLens.for_model(tiny), torch.as_tensor(record.token_ids))[0]
     assert np.all(np.abs(entropy[:, :-1] - plain[:, :-1]).max(0) > 1e-3)
@@ -137,6 +141,11 @@ def test_a_lens_for_another_model_is_refused_in_one_line(tiny, tmp_path):
     message = str(err.value)
     assert "\n" not in message and "bigger.safetensors was trained for a llama model with 3 layers, hidden size 64" in message
     assert "this is a llama model with 2 layers, hidden size 32" in message and "entropylens train-lens" in message
+
+
+def test_a_whole_layer_lens_refuses_a_sub_layer_recording(tiny):
+    with pytest.raises(LensMismatchError, match=r"translates whole layers \(3 rows\), but this recording reads sub-layer"):
+        EntropyLens(tiny, None, sublayers=True, lens=TunedLens.for_model(tiny))
 
 
 @pytest.mark.parametrize(
