@@ -45,15 +45,17 @@ else:
     evaluation = evaluate_kl(model, tuned, sequences)
     source = Path(args.text).name
 
-rows = list(range(len(evaluation["logit"]) + 1))  # the last row is the model's own distribution: KL 0
+# The last layer's distribution is the model's own (KL 0 for both lenses): left out of the log-scale plot.
+rows = list(range(len(evaluation["logit"])))
 names = ["emb"] + [str(i) for i in rows[1:]]
-logit, tuned_kl = evaluation["logit"] + [0.0], evaluation["tuned"] + [0.0]
+logit, tuned_kl = evaluation["logit"], evaluation["tuned"]
 fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
 ax.plot(rows, logit, "o-", label="logit lens", color="tab:gray")
 ax.plot(rows, tuned_kl, "o-", label="tuned lens", color="tab:blue")
-ax.set_xticks(rows, names if len(rows) <= 16 else [n if i % 5 == 0 or i == rows[-1] else "" for i, n in enumerate(names)])
-ax.set_xlabel("layer (emb = embedding output)")
-ax.set_ylabel("mean KL to the final layer (nats)")
+ax.set_yscale("log")
+ax.set_xticks(rows, names if len(rows) <= 16 else [n if i % 5 == 0 else "" for i, n in enumerate(names)])
+ax.set_xlabel(f"layer (emb = embedding output; the last, {len(rows)}, is the model's own: KL 0)")
+ax.set_ylabel("mean KL to the final layer (nats, log)")
 ax.set_title(args.title or f"{tuned.model_name}: {evaluation['tokens']:,} tokens, {source}", fontsize=9)
 ax.grid(alpha=0.3)
 ax.legend()
