@@ -194,6 +194,9 @@ class TunedLens(nn.Module):
         metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "lens": json.dumps(self.header())}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file owner-only; a lens is an ordinary file
         os.replace(tmp, path)
         self.path, self.sha256 = path, file_sha256(path)
         return self.sha256

@@ -66,12 +66,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--workdir", type=Path, default=None, help="where the two text files go (default: a temporary folder)")
     parser.add_argument("--compare", action="store_true", help="compare optimizers and float16 weights instead")
+    parser.add_argument("--texts-only", action="store_true", help="only write the two text files (with --workdir)")
     parser.add_argument("extra", nargs="*", help="more train-lens arguments, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.workdir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         train, held = write_texts(args.corpus, folder)
+        if args.texts_only:
+            print(f"wrote {train} and {held}")
+            return
         if args.compare:
             compare(train, held, args.extra, folder)
             return
