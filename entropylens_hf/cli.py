@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--eval-text", default=None, help="UTF-8 text file to evaluate on instead of the held-out part of --text")
     tl.add_argument("--out", required=True, help="lens file to write (.safetensors); its checkpoint OUT.ckpt lies next to it "
                     "while training, and rerunning the same command resumes from it")
-    tl.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    tl.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     tl.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
     tl.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     tl.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],

@@ -45,7 +45,7 @@ CHECKPOINT_FORMAT = "entropylens-tuned-lens-checkpoint"
 class TrainSettings:
     """How a tuned lens is trained; everything a checkpoint must agree with to resume."""
 
-    steps: int = 300
+    steps: int = 100
     seq_len: int = 128
     batch_size: int = 8
     lr: float | None = None  # None: DEFAULT_LR of the optimizer

@@ -126,7 +126,7 @@ class TunedLens(nn.Module):
     def forward(self, residuals: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
         """Translate residuals ``[..., R, d]``: ``residuals[..., j, :]`` is lens row ``rows[j]`` (default ``j``).
 
-        The last lens row (and any index past the translators) is returned as it is, in float32.
+        The last lens row has no translator: it is returned as it is, in float32.
         """
         rows = range(residuals.shape[-2]) if rows is None else rows
         if len(rows) != residuals.shape[-2] or any(not 0 <= r < self.num_rows for r in rows):
