@@ -111,9 +111,9 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
     """
     from .prompts import tokenize_prompts
 
-    config = model.config
-    context = next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                    if isinstance(getattr(config, name, None), int)), None)
+    from .loading import context_length
+
+    context = context_length(model)
     if context is None:
         return
     for number, prompt in enumerate(prompts, start=1):
@@ -137,14 +137,20 @@ def cmd_record(args: argparse.Namespace) -> int:
     from .prompts import record_prompts
     from .recorder import EntropyLens
 
+    lens_file = _lens_file(args.lens, args.model)
+    _check_trace_lens(out, lens_file)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
+    tuned = None
+    if lens_file is not None:
+        from .tuned_lens import TunedLens
+
+        tuned = TunedLens.load(lens_file)
     try:
-        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                           record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model,
-                           sublayers=args.sublayers)
-    except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel
+        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas, record_prompt=prompt_rows,
+                           lens_dtype=args.lens_dtype, model_name=args.model, sublayers=args.sublayers, lens=tuned)
+    except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel, a lens for another model
         raise
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
@@ -154,6 +160,113 @@ def cmd_record(args: argparse.Namespace) -> int:
                                        progress=not args.quiet, **_generation_kwargs(args))
     note = f", skipped {skipped} already in the file" if skipped else ""
     print(f"recorded {recorded} prompt(s) into {out}{note}")
+    return 0
+
+
+def _lens_file(value: str, model: str) -> Path | None:
+    """The tuned-lens file ``--lens`` names (``None`` for the logit lens), checked before the model loads.
+
+    ``tuned`` means ``tuned_lens.safetensors`` in the model's folder: the bundled model's
+    folder for ``default``, the cache folder of a fetched model, a local model folder, or the
+    folder of a GGUF file.
+    """
+    from .tuned_lens import LENS_FILE_NAME, read_header
+
+    if value == "logit":
+        return None
+    if value == "tuned":
+        folder = _model_folder(model)
+        path = folder / LENS_FILE_NAME if folder is not None else None
+        if path is None or not path.is_file():
+            where = f"no {LENS_FILE_NAME} in {folder}" if folder is not None else f"{model} has no local folder"
+            raise EntropyLensError(
+                f"--lens tuned: {where}; train one with `entropylens train-lens {model} --text FILE --out "
+                f"{path if path is not None else LENS_FILE_NAME}`, or give the lens file's path")
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise EntropyLensError(f"--lens {value}: neither logit, tuned nor an existing tuned-lens file")
+    read_header(path)
+    return path
+
+
+def _check_trace_lens(out: Path, lens_file: Path | None) -> None:
+    """Refuse, before the model loads, to append to a trace recorded through another lens."""
+    if not out.exists():
+        return
+    from .trace import Trace
+    from .tuned_lens import file_sha256
+
+    with Trace.open(out) as trace:
+        recorded = trace.metadata.lens
+    kind, sha = ("logit", "") if lens_file is None else ("tuned", file_sha256(lens_file))
+    if recorded.get("kind", "logit") != kind or recorded.get("sha256", "") != sha:
+        was = recorded.get("kind", "logit") + (f" ({recorded['name']})" if recorded.get("name") else "")
+        now = "logit" if lens_file is None else f"tuned ({lens_file.name})"
+        raise EntropyLensError(f"--out {out}: recorded through the {was} lens, not the {now} lens; "
+                               "write to a new file, or record with the trace's own --lens")
+
+
+def _model_folder(model: str) -> Path | None:
+    """The local folder MODEL loads from, if any (without loading it)."""
+    from .fetch import REGISTRY, model_dir
+
+    if model == "default":
+        from .models import default_model_path
+
+        return default_model_path()
+    if model in REGISTRY:
+        return model_dir(model)
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.parent
+    return path if path.is_dir() else None
+
+
+# ---------------------------------------------------------------------- train-lens
+
+
+def _train_settings(args: argparse.Namespace):
+    from .lens_training import TrainSettings
+
+    settings = TrainSettings(steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                             optimizer=args.optimizer, seed=args.seed, held_out=args.held_out,
+                             eval_tokens=args.eval_tokens, checkpoint_every=args.checkpoint_every)
+    settings.check()
+    return settings
+
+
+def cmd_train_lens(args: argparse.Namespace) -> int:
+    from .lens_training import TextSource, checkpoint_path
+
+    settings = _train_settings(args)
+    out = Path(args.out)
+    check_output("--out", out)
+    if out.suffix != ".safetensors":
+        raise EntropyLensError(f"--out {out}: a tuned lens is a .safetensors file; name it e.g. {out.stem}.safetensors")
+    ckpt = checkpoint_path(out)
+    if out.exists() and not ckpt.exists():
+        raise EntropyLensError(f"--out {out}: exists already (a finished lens); delete it or choose another --out")
+    text = TextSource.read(args.text)
+    held_out = TextSource.read(args.eval_text, "--eval-text") if args.eval_text else None
+    from transformers import set_seed
+
+    from .lens import LogitLens
+    from .lens_training import kl_table, train_lens
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    set_seed(args.seed)
+    try:
+        tuned = train_lens(model, tokenizer, text, out, held_out=held_out, settings=settings, model_name=args.model,
+                           save_dtype=args.save_dtype, progress=not args.quiet)
+    except KeyboardInterrupt:
+        where = f"{ckpt} keeps the last finished step" if ckpt.exists() else "no step had finished"
+        print(f"entropylens train-lens: interrupted; {where}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(kl_table(tuned.evaluation, LogitLens.from_model(model).layer_names))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {tuned.sha256[:16]}...); "
+          f"record through it with: entropylens record {args.model} --lens {out} --prompts P.txt --out T.h5")
     return 0
 
 
@@ -185,6 +298,8 @@ def summarize(trace) -> str:
         f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
         f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
     ]
+    if m.lens_kind != "logit":
+        lines.append(f"lens       {m.lens_kind} lens {m.lens.get('name', '')} (sha256 {m.lens.get('sha256', '')[:16]}...)")
     if rows:
         lines.append(f"storage    {size / (rows * m.num_layers):.1f} bytes per token-layer ({rows} rows x {m.num_layers} layers)")
     counts: dict[str, dict[str, int]] = {}
@@ -360,9 +475,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
     rec.add_argument("--sublayers", action="store_true",
                      help="also read each layer's residual after attention, before the MLP (rows 1.attn, 1.mlp, ...)")
+    rec.add_argument("--lens", default="logit", metavar="logit|tuned|FILE",
+                     help="logit (default): the logit lens; tuned: the tuned lens stored with the model "
+                          "(tuned_lens.safetensors in its folder; the bundled model has one); FILE: a tuned lens "
+                          "written by `entropylens train-lens`")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)
+
+    tl = sub.add_parser("train-lens", help="train a tuned lens (one affine translator per layer) for a model on a text")
+    tl.add_argument("model", help="as for record: default, a fetched name (smollm2), a .gguf file or folder, a model folder, a hub id")
+    tl.add_argument("--text", required=True, help="UTF-8 text file to train on (its last --held-out part is held out)")
+    tl.add_argument("--eval-text", default=None, help="UTF-8 text file to evaluate on instead of the held-out part of --text")
+    tl.add_argument("--out", required=True, help="lens file to write (.safetensors); its checkpoint OUT.ckpt lies next to it "
+                    "while training, and rerunning the same command resumes from it")
+    tl.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    tl.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
+    tl.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    tl.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="adam: Adam (AMSGrad) with 20%% warm-up (default); sgd: SGD with Nesterov momentum 0.9, as tuned-lens")
+    tl.add_argument("--lr", type=float, default=None, help="peak learning rate, decayed linearly to 0 (default 1e-3 for adam, 0.1 for sgd)")
+    tl.add_argument("--seed", type=int, default=0, help="seed of the data order (default 0)")
+    tl.add_argument("--held-out", type=float, default=0.1, help="fraction of --text (its end) held out when there is no --eval-text (default 0.1)")
+    tl.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens to evaluate on at the end (default 16384)")
+    tl.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints (default 25; also on Ctrl-C)")
+    tl.add_argument("--save-dtype", default="float16", choices=["float16", "float32"],
+                    help="dtype of the stored weights (default float16; the evaluation uses them as stored)")
+    tl.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    tl.add_argument("--dtype", default="float32", help="model dtype: float32 (default), bfloat16, float16, auto")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
+    tl.set_defaults(func=cmd_train_lens)
 
     fetch = sub.add_parser("fetch", help="download a named real model once and cache it converted (e.g. smollm2)")
     fetch.add_argument("name", nargs="?", help="model name, e.g. smollm2 (see --list)")

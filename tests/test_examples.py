@@ -16,6 +16,14 @@ def test_quickstart_runs_and_prints_profiles(tmp_path):
     assert out.stdout.count("entropy per layer (nats):") == 2 and (tmp_path / "q.h5").exists()
 
 
+def test_tuned_lens_figure_plots_the_bundled_lens_evaluation(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = subprocess.run([sys.executable, str(EXAMPLES / "tuned_lens_kl.py"), "--out", str(tmp_path / "kl.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "kl.png").read_bytes()[:4] == b"\x89PNG" and out.stdout.count("logit ") == 6
+
+
 @pytest.mark.timeout(1800)
 def test_reproduce_paper_quick_writes_every_section_with_figures_and_verdicts(tmp_path):
     """The report script runs end to end on the shipped example models (the --quick setting, for CI)."""
