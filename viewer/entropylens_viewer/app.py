@@ -62,7 +62,9 @@ class MainWindow(QtWidgets.QMainWindow):
         left = QtWidgets.QWidget()
         left_layout = QtWidgets.QVBoxLayout(left)
         left_layout.setContentsMargins(4, 4, 4, 4)
-        for w in (QtWidgets.QLabel("trace"), self.trace_box, self.text_filter, self.label_filter, self.table):
+        self.lens_info = QtWidgets.QLabel(wordWrap=True)  # which lens read the shown trace
+        for w in (QtWidgets.QLabel("trace"), self.trace_box, self.lens_info, self.text_filter, self.label_filter,
+                  self.table):
             left_layout.addWidget(w)
 
         # right: heatmap, predictions, playback; tabs below
@@ -89,6 +91,7 @@ class MainWindow(QtWidgets.QMainWindow):
         compare_panel = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         compare_panel.addWidget(self.compare)
         compare_panel.addWidget(self.prompt_compare)
+        compare_panel.setSizes([400, 550])
         self.tabs.addTab(compare_panel, "compare traces")
         top = QtWidgets.QWidget()
         top_layout = QtWidgets.QVBoxLayout(top)
@@ -245,6 +248,7 @@ class MainWindow(QtWidgets.QMainWindow):
         """The window title names the shown trace's file and lens (logit / tuned, sub-layers)."""
         trace = self.state.trace
         self.setWindowTitle("Entropy-Lens viewer" + (f" — {lens_title(trace.trace.metadata, trace.path)}" if trace else ""))
+        self.lens_info.setText(lens_title(trace.trace.metadata) if trace else "")
 
     def _render_status(self) -> None:
         seq = self.state.sequence

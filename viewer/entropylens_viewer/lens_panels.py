@@ -16,7 +16,7 @@ from .widgets import ComparePlot, HeatmapView, _integer_ticks
 
 __all__ = ["SublayerMarks", "KLPlot", "PromptComparePlot"]
 
-SEPARATOR_PEN = (255, 255, 255, 170)
+SEPARATOR_PEN = (255, 255, 255, 120)
 NOTE_COLOUR = "#b00020"
 
 
@@ -24,7 +24,7 @@ class SublayerMarks:
     """On the heatmap of a sub-layer trace: a line between decoder layers, and an axis title saying what rows are."""
 
     PLAIN_LABEL = "layer (emb = embeddings)"
-    SUBLAYER_LABEL = "k.attn: after layer k's attention · k.mlp: after its MLP"
+    SUBLAYER_LABEL = "k.attn / k.mlp: after attention / MLP"
 
     def __init__(self, heatmap: HeatmapView):
         self.heatmap = heatmap
@@ -125,14 +125,15 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
         super().__init__()
         self.state = state
         self.setBackground("w")
-        self.title = self.addLabel("", row=0, col=0, size="10pt", color="k")
+        self.title = self.addLabel("", row=0, col=0, colspan=2, size="10pt", color="k")
         self.entropy_plot = self.addPlot(row=1, col=0)
         self.entropy_plot.setLabel("left", "entropy (nats)")
-        self.entropy_legend = self.entropy_plot.addLegend(offset=(-10, 10))
-        self.kl_plot = self.addPlot(row=2, col=0)
+        self.kl_plot = self.addPlot(row=1, col=1)
         self.kl_plot.setLabel("left", "KL to final (nats)")
         self.kl_plot.setXLink(self.entropy_plot)
-        self.note_label = self.addLabel("", row=3, col=0, size="9pt", color=NOTE_COLOUR)
+        # One legend for both plots, in the KL plot's empty top right (KL falls to 0 at the last layer).
+        self.legend = pg.LegendItem(offset=(-10, 10), labelTextSize="8pt")
+        self.note_label = self.addLabel("", row=2, col=0, colspan=2, size="9pt", color=NOTE_COLOUR)
         self.curves: list[pg.PlotDataItem] = []
         self.kl_curves: list[pg.PlotDataItem] = []
         self.notes: list[str] = []
@@ -145,7 +146,7 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
             self.entropy_plot.removeItem(curve)
         for curve in self.kl_curves:
             self.kl_plot.removeItem(curve)
-        self.entropy_legend.clear()
+        self.legend.clear()
         self.curves, self.kl_curves, self.notes = [], [], []
         self.comparison = comparison = compare_prompt(self.state)
         if comparison is None:
@@ -162,18 +163,22 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
             color = self.COLORS[i % len(self.COLORS)]
             style = QtCore.Qt.DashLine if p.lens_kind == "tuned" else QtCore.Qt.SolidLine
             pen = pg.mkPen(color, width=2, style=style)
-            self.curves.append(self.entropy_plot.plot(x, p.entropy, pen=pen, symbol="o", symbolSize=4,
-                                                      symbolBrush=color, name=p.name))
+            curve = self.entropy_plot.plot(x, p.entropy, pen=pen, symbol="o", symbolSize=4, symbolBrush=color,
+                                           name=p.name)
+            self.curves.append(curve)
+            self.legend.addItem(curve, p.name)
             if np.isfinite(p.kl_final).any():
                 self.kl_curves.append(self.kl_plot.plot(x, p.kl_final, pen=pen, symbol="o", symbolSize=4,
                                                         symbolBrush=color, connect="finite"))
-        if same_depth:
-            depth = max((int(p.depths[-1]) for p in comparison.profiles if p.entropy is not None), default=0)
-            _integer_ticks(self.kl_plot, depth + 1)
-        self.kl_plot.setLabel("bottom", "layer (0 = embeddings)" if same_depth
-                              else "normalised depth (0 = embeddings, 1 = last layer)")
+        self.legend.setParentItem((self.kl_plot if self.kl_curves else self.entropy_plot).getViewBox())
+        for plot in (self.entropy_plot, self.kl_plot):
+            if same_depth:
+                depth = max((int(p.depths[-1]) for p in comparison.profiles if p.entropy is not None), default=0)
+                _integer_ticks(plot, depth + 1)
+            plot.setLabel("bottom", "layer (0 = embeddings)" if same_depth else "normalised depth")
         self.kl_plot.setTitle(None if self.kl_curves else "KL to final: not recorded in these traces", size="9pt")
-        prompt = html.escape(comparison.prompt.replace("\n", "⏎")[:60])
-        self.title.setText(f"prompt “{prompt}”: {html.escape(comparison.what)} in {len(self.curves)} trace(s)",
+        prompt = comparison.prompt.replace("\n", "⏎")
+        prompt = html.escape(prompt if len(prompt) <= 32 else prompt[:31] + "…")
+        self.title.setText(f"“{prompt}”, {html.escape(comparison.what)}: {len(self.curves)} trace(s)",
                            size="10pt", color="k")
         self.note_label.setText("<br>".join(html.escape(n) for n in self.notes))

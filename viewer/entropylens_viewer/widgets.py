@@ -323,8 +323,8 @@ class StepKindCurves:
     @staticmethod
     def legend(kinds: tuple[str, ...]) -> str:
         """Title HTML naming the step colours present in ``kinds`` ("" for whole-layer traces)."""
-        return "".join(f" <span style='color:{_css((*KIND_COLOURS[kind], 255))}'>&#9473; {STEP_NAMES[kind]}</span>"
-                       for kind in KIND_COLOURS if kind in kinds)
+        return " ".join(f"<span style='color:{_css((*KIND_COLOURS[kind], 255))}'>&#9473; {STEP_NAMES[kind]}</span>"
+                        for kind in KIND_COLOURS if kind in kinds)
 
 
 class ProfilePlot(pg.PlotWidget):
@@ -363,6 +363,8 @@ class ProfilePlot(pg.PlotWidget):
         _integer_ticks(self, int(x[-1]) + 1)
         self.curve.setData(x, profile)
         self.steps.set_profile(x, profile, kinds)
+        legend = StepKindCurves.legend(kinds)
+        self.curve.setPen(pg.mkPen(None) if legend else pg.mkPen("k", width=2))  # the coloured steps are the line
         # Regions are reused, never re-created: cheaper, and nothing is left for Qt to leak.
         steps = np.diff(profile)
         while len(self.regions) < len(steps):
@@ -379,7 +381,7 @@ class ProfilePlot(pg.PlotWidget):
                 region.hide()
         token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
         self.setTitle(f"token {token} &nbsp; <span style='color:{_css(EXPANSION_BRUSH)}'>&#9632; expansion</span>"
-                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>{StepKindCurves.legend(kinds)}",
+                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>" + (f"<br>{legend}" if legend else ""),
                       size="10pt")
         self.layer_line.setPos(x[self.state.layer])
 
@@ -493,7 +495,7 @@ class ComparePlot(pg.PlotWidget):
         self.state = state
         self.setLabel("left", "entropy (nats)")
         self.setLabel("bottom", "normalised depth (0 = embeddings, 1 = last layer)")
-        self.legend = self.addLegend(offset=(-10, 10))
+        self.legend = self.addLegend(offset=(-10, 10), labelTextSize="8pt")
         self.curves: list[pg.PlotDataItem] = []
         state.traces_changed.connect(self.redraw)
         state.sequences_changed.connect(self.redraw)
