@@ -23,11 +23,11 @@ NOTE_COLOUR = "#b00020"
 class SublayerMarks:
     """On the heatmap of a sub-layer trace: a line between decoder layers, and an axis title saying what rows are."""
 
-    PLAIN_LABEL = "layer (emb = embeddings)"
     SUBLAYER_LABEL = "k.attn / k.mlp: after attention / MLP"
 
     def __init__(self, heatmap: HeatmapView):
         self.heatmap = heatmap
+        self.plain_label = heatmap.getAxis("left").labelText
         self.lines: list[pg.InfiniteLine] = []
         heatmap.state.sequence_changed.connect(self.redraw)
 
@@ -43,7 +43,7 @@ class SublayerMarks:
             line.setVisible(i < len(edges))
             if i < len(edges):
                 line.setPos(edges[i])
-        self.heatmap.setLabel("left", self.SUBLAYER_LABEL if len(edges) else self.PLAIN_LABEL)
+        self.heatmap.setLabel("left", self.SUBLAYER_LABEL if len(edges) else self.plain_label)
 
     @property
     def edges(self) -> list[float]:
@@ -82,10 +82,10 @@ class KLPlot(pg.PlotWidget):
             self._clear("")
             return
         if not kl_recorded(seq):
-            m = self.state.trace.trace.metadata
-            why = (f"a schema-{m.schema_version} trace, written before KL was recorded" if m.schema_version < 2
-                   else "recorded without it")
-            self._clear(f"KL to the final layer: not recorded in {self.state.trace.path.name} ({why})")
+            m, name = self.state.trace.trace.metadata, self.state.trace.path.name
+            self._clear(f"KL to the final layer: not recorded in {name} (a schema-{m.schema_version} trace, "
+                        "written before KL was recorded)" if m.schema_version < 2 else
+                        f"KL to the final layer: not recorded for sequence {seq.index} of {name}")
             return
         x = self.state.depths
         _integer_ticks(self, int(x[-1]) + 1)

@@ -1,5 +1,7 @@
 """Sub-layer rows, KL to the final layer, lens kinds and prompt comparison, on traces of known values."""
 
+import csv
+
 import numpy as np
 import pytest
 from conftest import SUBLAYER_ENTROPY, V1_TRACE, write_synthetic_trace
@@ -84,7 +86,7 @@ def test_the_window_shows_sublayer_rows_separators_and_coloured_steps(window, su
     assert window.profile.regions[0].getRegion() == (0.0, 0.5)
 
 
-def test_the_kl_panel_shows_the_recorded_values(window, sublayer_trace):
+def test_the_kl_panel_shows_the_recorded_values(window, sublayer_trace, tmp_path):
     window.open_path(sublayer_trace)
     window.state.select_row(3)
     seq = window.state.sequence
@@ -94,6 +96,10 @@ def test_the_kl_panel_shows_the_recorded_values(window, sublayer_trace):
     rows = np.flatnonzero(seq.is_generated)  # rows 2, 3, 4 predict the generated tokens
     np.testing.assert_allclose(mean, 0.5 * np.arange(6, -1, -1) + 0.01 * rows.mean(), rtol=1e-6)
     assert window.kl.message == ""
+    window.export_csv(tmp_path / "rows.csv")  # the CSV export carries the same values
+    with open(tmp_path / "rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == (5 + 4) * 7 and float(rows[0]["kl_final"]) == pytest.approx(3.0)
 
 
 def test_a_version_1_trace_opens_and_says_kl_was_not_recorded(window):
