@@ -10,8 +10,10 @@ chat_playback.png: a factual question asked through the chat template, the answe
 selected at the last layer, and the replay stopped two thirds of the way up. With ``--sublayers``
 (a library that records sub-layer rows) also sublayers.png (the demo prompts read after every
 attention block and every MLP, a token drilled down), kl.png (the KL-to-final tab) and
-compare_lens.png (the same prompt in the whole-layer and the sub-layer trace, plus a tuned-lens
-trace with ``--lens FILE``); with ``--chat-model`` too, chat_sublayers.png (61 rows for SmolLM2).
+compare_lens.png (the same prompt in the whole-layer and the sub-layer trace, plus every
+``--with-trace FILE``, e.g. the demo prompts recorded through a tuned lens with
+``entropylens record default --lens LENS --prompts demo.jsonl --max-new-tokens 24 --top-k 10``);
+with ``--chat-model`` too, chat_sublayers.png (61 rows for SmolLM2).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main() -> None:
     parser.add_argument("--question", default="What is the capital of France?", help="the chat question")
     parser.add_argument("--answer-token", default="Paris", help="the generated token to select in chat_main.png")
     parser.add_argument("--sublayers", action="store_true", help="also the sub-layer, KL and lens-comparison shots")
-    parser.add_argument("--lens", type=Path, default=None, help="a tuned lens file for the lens comparison")
+    parser.add_argument("--with-trace", type=Path, action="append", default=[],
+                        help="a trace of the demo prompts to add to compare_lens.png (repeatable)")
     parser.add_argument("--only-new", action="store_true", help="skip main/playback/mean_profile (--sublayers shots only)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,7 @@ def chat_screenshots(app, args, trace: Path) -> None:
 
 
 def sublayer_screenshots(app, args, model, tokenizer, plain: Path) -> None:
-    """The demo prompts recorded with sub-layer rows (and through ``args.lens``), next to the whole-layer trace."""
+    """The demo prompts recorded with sub-layer rows, next to the whole-layer trace and ``args.with_trace``."""
     from entropylens_viewer.app import MainWindow
 
     sub = plain.with_name("sublayers.h5")
@@ -133,16 +136,9 @@ def sublayer_screenshots(app, args, model, tokenizer, plain: Path) -> None:
     grab(app, window, args.out / "sublayers.png")
     show_tab(window, "KL to final")
     grab(app, window, args.out / "kl.png")
-    window.open_path(plain)
-    if args.lens is not None:
-        from entropylens_hf.tuned_lens import TunedLens
-
-        tuned = plain.with_name("tuned.h5")
-        lens = EntropyLens(model, tokenizer, top_k=10, model_name="entropylens-hf default model",
-                           lens=TunedLens.load(args.lens))
-        record_prompts(lens, read_prompts(demo_prompts_path()), tuned, progress=False, max_new_tokens=24,
-                       do_sample=False)
-        window.open_path(tuned)
+    for path in (plain, *args.with_trace):
+        if not window.open_path(path):
+            raise SystemExit(f"cannot open {path}")
     window.trace_box.setCurrentIndex(0)  # the sub-layer trace, its token still selected
     state.select_sequence(0)
     state.select_row(int(state.sequence.is_generated.argmax()) + 1)
