@@ -247,7 +247,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _render_title(self) -> None:
         """The window title names the shown trace's file and lens (logit / tuned, sub-layers)."""
         trace = self.state.trace
-        self.setWindowTitle("Entropy-Lens viewer" + (f" — {lens_title(trace.trace.metadata, trace.path)}" if trace else ""))
+        title = f" — {lens_title(trace.trace.metadata, trace.path)}" if trace else ""
+        self.setWindowTitle("Entropy-Lens viewer" + title)
         self.lens_info.setText(lens_title(trace.trace.metadata) if trace else "")
 
     def _render_status(self) -> None:

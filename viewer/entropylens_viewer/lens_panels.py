@@ -20,6 +20,34 @@ SEPARATOR_PEN = (255, 255, 255, 120)
 NOTE_COLOUR = "#b00020"
 
 
+class RedrawWhenShown:
+    """Redraw once per event-loop turn, and only while on screen.
+
+    Selecting a sequence announces a new sequence and a new row: one redraw follows, after
+    both. A panel in a hidden tab only notes that it is stale and redraws when shown, so
+    browsing costs nothing for panels nobody looks at (pyqtgraph items are slow to update).
+    """
+
+    _stale = False
+    _scheduled = False
+
+    def request_redraw(self) -> None:
+        self._stale = True
+        if self.isVisible() and not self._scheduled:
+            self._scheduled = True
+            QtCore.QTimer.singleShot(0, self, self._redraw_if_stale)
+
+    def _redraw_if_stale(self) -> None:
+        self._scheduled = False
+        if self._stale and self.isVisible():
+            self._stale = False
+            self.redraw()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        self._redraw_if_stale()
+
+
 class SublayerMarks:
     """On the heatmap of a sub-layer trace: a line between decoder layers, and an axis title saying what rows are."""
 
@@ -51,7 +79,7 @@ class SublayerMarks:
         return [line.value() for line in self.lines if line.isVisible()]
 
 
-class KLPlot(pg.PlotWidget):
+class KLPlot(RedrawWhenShown, pg.PlotWidget):
     """KL(p_final || p_layer) of the selected token and its sequence's mean against layer.
 
     A trace that did not record it (version-1 files, all NaN) shows a "not recorded" line
@@ -71,8 +99,8 @@ class KLPlot(pg.PlotWidget):
         self.layer_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), style=QtCore.Qt.DashLine))
         self.addItem(self.layer_line)
         self.message = ""
-        state.sequence_changed.connect(self.redraw)
-        state.row_changed.connect(self.redraw)
+        state.sequence_changed.connect(self.request_redraw)
+        state.row_changed.connect(self.request_redraw)
         state.layer_changed.connect(self._render_layer)
 
     def redraw(self) -> None:
@@ -111,7 +139,7 @@ class KLPlot(pg.PlotWidget):
             self.layer_line.setPos(self.state.depths[self.state.layer])
 
 
-class PromptComparePlot(pg.GraphicsLayoutWidget):
+class PromptComparePlot(RedrawWhenShown, pg.GraphicsLayoutWidget):
     """The shown prompt (or selected token) in every open trace: entropy (top) and KL to final (bottom).
 
     Curves are named by file and lens (``logit lens``, ``tuned lens (lens.safetensors, …)``);
@@ -134,22 +162,28 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
         # One legend for both plots, in the KL plot's empty top right (KL falls to 0 at the last layer).
         self.legend = pg.LegendItem(offset=(-10, 10), labelTextSize="8pt")
         self.note_label = self.addLabel("", row=2, col=0, colspan=2, size="9pt", color=NOTE_COLOUR)
-        self.curves: list[pg.PlotDataItem] = []
+        self._entropy_pool: list[pg.PlotDataItem] = []
+        self._kl_pool: list[pg.PlotDataItem] = []
+        self.curves: list[pg.PlotDataItem] = []  # the shown ones, in legend order
         self.kl_curves: list[pg.PlotDataItem] = []
         self.notes: list[str] = []
         self.comparison: PromptComparison | None = None
         for signal in (state.traces_changed, state.sequence_changed, state.row_changed):
-            signal.connect(self.redraw)
+            signal.connect(self.request_redraw)
+
+    def _curve(self, plot: pg.PlotItem, pool: list[pg.PlotDataItem], i: int) -> pg.PlotDataItem:
+        """The ``i``-th curve of ``plot``, created once and reused: creating pyqtgraph items is slow."""
+        while len(pool) <= i:
+            pool.append(plot.plot([], [], symbol="o", symbolSize=4))
+        return pool[i]
 
     def redraw(self) -> None:
-        for curve in self.curves:
-            self.entropy_plot.removeItem(curve)
-        for curve in self.kl_curves:
-            self.kl_plot.removeItem(curve)
-        self.legend.clear()
+        shown_names = [curve.name() for curve in self.curves]
         self.curves, self.kl_curves, self.notes = [], [], []
         self.comparison = comparison = compare_prompt(self.state)
         if comparison is None:
+            self._hide_unused()
+            self.legend.clear()
             self.title.setText("")
             self.note_label.setText("")
             return
@@ -162,14 +196,19 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
             x = p.depths if same_depth else p.depths / max(1.0, float(p.depths[-1]))
             color = self.COLORS[i % len(self.COLORS)]
             style = QtCore.Qt.DashLine if p.lens_kind == "tuned" else QtCore.Qt.SolidLine
-            pen = pg.mkPen(color, width=2, style=style)
-            curve = self.entropy_plot.plot(x, p.entropy, pen=pen, symbol="o", symbolSize=4, symbolBrush=color,
-                                           name=p.name)
+            look = dict(pen=pg.mkPen(color, width=2, style=style), symbolBrush=color, symbolPen=color)
+            curve = self._curve(self.entropy_plot, self._entropy_pool, len(self.curves))
+            curve.setData(x, p.entropy, name=p.name, **look)
             self.curves.append(curve)
-            self.legend.addItem(curve, p.name)
             if np.isfinite(p.kl_final).any():
-                self.kl_curves.append(self.kl_plot.plot(x, p.kl_final, pen=pen, symbol="o", symbolSize=4,
-                                                        symbolBrush=color, connect="finite"))
+                curve = self._curve(self.kl_plot, self._kl_pool, len(self.kl_curves))
+                curve.setData(x, p.kl_final, connect="finite", **look)
+                self.kl_curves.append(curve)
+        self._hide_unused()
+        if [curve.name() for curve in self.curves] != shown_names:  # rebuilt only when it changes: slow
+            self.legend.clear()
+            for curve in self.curves:
+                self.legend.addItem(curve, curve.name())
         self.legend.setParentItem((self.kl_plot if self.kl_curves else self.entropy_plot).getViewBox())
         for plot in (self.entropy_plot, self.kl_plot):
             if same_depth:
@@ -182,3 +221,8 @@ class PromptComparePlot(pg.GraphicsLayoutWidget):
         self.title.setText(f"“{prompt}”, {html.escape(comparison.what)}: {len(self.curves)} trace(s)",
                            size="10pt", color="k")
         self.note_label.setText("<br>".join(html.escape(n) for n in self.notes))
+
+    def _hide_unused(self) -> None:
+        for shown, pool in ((self.curves, self._entropy_pool), (self.kl_curves, self._kl_pool)):
+            for curve in pool[len(shown):]:
+                curve.setData([], [])

@@ -155,7 +155,8 @@ class LayerAxis(pg.AxisItem):
             if kind in KIND_COLOURS:
                 top = self.mapFromScene(view.mapViewToScene(QtCore.QPointF(0, i + 1))).y()
                 bottom = self.mapFromScene(view.mapViewToScene(QtCore.QPointF(0, i))).y()
-                p.fillRect(QtCore.QRectF(right - self.STRIP, top, self.STRIP, bottom - top), QtGui.QColor(*KIND_COLOURS[kind]))
+                p.fillRect(QtCore.QRectF(right - self.STRIP, top, self.STRIP, bottom - top),
+                           QtGui.QColor(*KIND_COLOURS[kind]))
 
 
 class HeatmapView(pg.PlotWidget):
@@ -381,8 +382,8 @@ class ProfilePlot(pg.PlotWidget):
                 region.hide()
         token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
         self.setTitle(f"token {token} &nbsp; <span style='color:{_css(EXPANSION_BRUSH)}'>&#9632; expansion</span>"
-                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>" + (f"<br>{legend}" if legend else ""),
-                      size="10pt")
+                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>"
+                      + (f"<br>{legend}" if legend else ""), size="10pt")
         self.layer_line.setPos(x[self.state.layer])
 
 

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 from conftest import SUBLAYER_ENTROPY, V1_TRACE, write_synthetic_trace
-from PySide6 import QtCore
+from PySide6 import QtCore, QtWidgets
 
 from entropylens_hf.trace import Trace, TraceMetadata
 from entropylens_viewer.app import MainWindow
@@ -88,7 +88,9 @@ def test_the_window_shows_sublayer_rows_separators_and_coloured_steps(window, su
 
 def test_the_kl_panel_shows_the_recorded_values(window, sublayer_trace, tmp_path):
     window.open_path(sublayer_trace)
+    window.tabs.setCurrentWidget(window.kl)
     window.state.select_row(3)
+    QtWidgets.QApplication.processEvents()  # shown panels redraw once per event-loop turn
     seq = window.state.sequence
     _, token = window.kl.token_curve.getData()
     np.testing.assert_allclose(token, 0.5 * np.arange(6, -1, -1) + 0.03, rtol=1e-6)
@@ -106,6 +108,8 @@ def test_a_version_1_trace_opens_and_says_kl_was_not_recorded(window):
     assert window.open_path(V1_TRACE)
     assert window.windowTitle() == "Entropy-Lens viewer — trace_v1.h5: logit lens"
     window.state.select_row(1)
+    assert window.kl.message == ""  # not drawn while its tab is hidden
+    window.tabs.setCurrentWidget(window.kl)  # a hidden panel redraws when shown
     assert "not recorded" in window.kl.message and "schema-1" in window.kl.message
     assert window.kl.token_curve.getData()[1] is None or len(window.kl.token_curve.getData()[1]) == 0
     assert window.sublayer_marks.edges == []
@@ -121,12 +125,14 @@ def test_compare_overlays_a_logit_and_a_tuned_lens_trace_of_the_same_prompts(win
     window.state.set_current_trace(0)
     window.state.select_row(2)
     panel = window.prompt_compare
+    window.tabs.setCurrentWidget(panel.parentWidget())
     names = [curve.name() for curve in panel.curves]
     tuned_name = "tuned.h5 · tuned lens (lens.safetensors, sha256 1a2b3c4d) · sub-layers"
     assert names == ["logit_sub.h5 · logit lens · sub-layers", tuned_name]
     np.testing.assert_allclose(panel.curves[1].getData()[1], panel.curves[0].getData()[1] - 0.5, rtol=1e-6)
     assert len(panel.kl_curves) == 2 and panel.notes == []
     window.state.select_sequence(1)  # only in the logit-lens trace
+    QtWidgets.QApplication.processEvents()
     assert len(panel.curves) == 1 and panel.notes == [f"{tuned_name}: does not hold this prompt: not overlaid"]
 
 

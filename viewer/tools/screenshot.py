@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--sublayers", action="store_true", help="also the sub-layer, KL and lens-comparison shots")
     parser.add_argument("--with-trace", type=Path, action="append", default=[],
                         help="a trace of the demo prompts to add to compare_lens.png (repeatable)")
-    parser.add_argument("--only-new", action="store_true", help="skip main/playback/mean_profile (--sublayers shots only)")
+    parser.add_argument("--only-new", action="store_true",
+                        help="skip main/playback/mean_profile (--sublayers shots only)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     trace = Path(tempfile.mkdtemp()) / "demo.h5"
