@@ -142,7 +142,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         set_seed(args.seed)
     try:
         lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                           record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model)
+                           record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model,
+                           sublayers=args.sublayers)
+    except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel
+        raise
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
     chat = args.chat or any(p.messages for p in prompts)
@@ -355,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
     rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
+    rec.add_argument("--sublayers", action="store_true",
+                     help="also read each layer's residual after attention, before the MLP (rows 1.attn, 1.mlp, ...)")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)

@@ -41,6 +41,7 @@ from .errors import EntropyLensError, UnsupportedGenerationError
 from .lens import LogitLens
 from .metrics import LensStatistics
 from .metrics import entropy as shannon_entropy
+from .sublayers import lens_rows, resolve_mid_points
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
 from .trace.schema import label_texts
 
@@ -99,6 +100,11 @@ class EntropyLens:
     over them needs about twice that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
+    ``sublayers=True`` also reads every decoder layer's residual after its attention step and
+    before its MLP (:mod:`.sublayers`): ``2 x layers + 1`` lens rows named ``embeddings,
+    1.attn, 1.mlp, 2.attn, ...``; blocks whose attention and MLP run in parallel are refused
+    with an :class:`UnsupportedModelError`. Every row also records ``kl_final``, the KL
+    divergence (nats) of the model's final distribution from the row's.
     """
 
     def __init__(
@@ -115,10 +121,15 @@ class EntropyLens:
         layers: torch.nn.ModuleList | None = None,
         final_norm: torch.nn.Module | None = None,
         unembedding: torch.nn.Module | None = None,
+        sublayers: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.lens = LogitLens.from_model(model, layers=layers, final_norm=final_norm, unembedding=unembedding)
+        self.sublayers = bool(sublayers)
+        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
+        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
+        self._record_kl = True  # benchmarks/overhead.py measures the cost of KL by turning it off
         if not 1 <= top_k <= self.lens.vocab_size:
             raise ValueError(f"top_k must be between 1 and the vocabulary size {self.lens.vocab_size}, got {top_k}")
         self.top_k = int(top_k)
@@ -137,8 +148,9 @@ class EntropyLens:
         cfg = self.model.config
         return TraceMetadata(
             model_name=self.model_name,
-            num_layers=self.lens.num_layers,
-            layer_names=self.lens.layer_names,
+            num_layers=len(self.layer_names),
+            layer_names=self.layer_names,
+            layer_kinds=self.layer_kinds,
             vocab_size=self.lens.vocab_size,
             top_k=self.top_k,
             renyi_alphas=self.renyi_alphas,
@@ -178,7 +190,8 @@ class EntropyLens:
 
         model.generate = generate
         try:
-            with ResidualCapture(self.lens.layers, head=self.lens.unembedding) as capture:
+            mids = None if self.mid_points is None else [p.module for p in self.mid_points]
+            with ResidualCapture(self.lens.layers, head=self.lens.unembedding, mids=mids) as capture:
                 recorder._capture = capture
                 yield recorder
         finally:
@@ -528,36 +541,22 @@ class TraceRecorder(LogitsProcessor):
         With ``head`` ``[R, V]`` (the model's logits) the last layer comes from it and
         ``residuals`` hold the other layers only.
         """
-        n, layers, d = residuals.shape
+        n, width, _ = residuals.shape
         lens = self.lens
         if self._workspace is None:
             self._workspace = lens.lens.new_workspace(lens.max_logits)
-        per_layer = [
-            _by_row(
-                lens.lens.statistics(
-                    residuals.reshape(n * layers, d),
-                    top_k=lens.top_k,
-                    targets=targets.unsqueeze(1).expand(n, layers).reshape(-1),
-                    alphas=lens.renyi_alphas,
-                    max_logits=lens.max_logits,
-                    workspace=self._workspace,
-                    dtype=lens.lens_dtype,
-                ),
-                n,
-                layers,
-            )
-        ]
-        if head is not None:
-            per_layer.append(
-                _by_row(
-                    lens.lens.head_statistics(
-                        head, top_k=lens.top_k, targets=targets, alphas=lens.renyi_alphas, max_logits=lens.max_logits
-                    ),
-                    n,
-                    1,
-                )
-            )
-        out = {k: torch.cat([p[k] for p in per_layer], dim=1) for k in per_layer[0]}
+        stats = lens.lens.token_statistics(
+            residuals,
+            top_k=lens.top_k,
+            targets=targets,
+            head_logits=head,
+            alphas=lens.renyi_alphas,
+            max_logits=lens.max_logits,
+            workspace=self._workspace,
+            dtype=lens.lens_dtype,
+            kl=lens._record_kl,
+        )
+        out = _by_row(stats, n, width + (head is not None))
         out["renyi"] = out["renyi"].transpose(1, 2)  # [R, A, L]
         return out
 
@@ -601,6 +600,7 @@ class TraceRecorder(LogitsProcessor):
                         [np.full(state.prompt_rows[b], np.nan, dtype=np.float32), out_entropy[b, :n_generated]]
                     ),
                     renyi=arrays["renyi"],
+                    kl_final=arrays["kl"] if self.lens._record_kl else None,
                     renyi_alphas=self.lens.renyi_alphas,
                     labels=state.row_labels[b],
                     prompt_text=_decode(tokenizer, prompt) if state.row_prompt_texts is None else state.row_prompt_texts[b],
@@ -661,7 +661,7 @@ def _by_row(stats: LensStatistics, n: int, layers: int) -> dict[str, torch.Tenso
     """Flat ``[n * layers, ...]`` lens statistics as ``[n, layers, ...]``."""
     return {
         name: getattr(stats, name).reshape(n, layers, *getattr(stats, name).shape[1:])
-        for name in ("entropy", "topk_ids", "topk_probs", "target_prob", "target_rank", "renyi")
+        for name in ("entropy", "topk_ids", "topk_probs", "target_prob", "target_rank", "renyi", "kl")
     }
 
 

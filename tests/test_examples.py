@@ -58,3 +58,14 @@ def test_reproduce_paper_real_model_quick_writes_every_section_through_the_chat_
     for figure in ("profiles.png", "steps.png"):
         assert f"]({figure})" in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert report.count("Verdict: **") >= 4
+
+
+def test_sublayers_kl_example_draws_the_figure_on_the_bundled_model(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = subprocess.run([sys.executable, str(EXAMPLES / "sublayers_kl.py"), "--real-model", "none", "--tokens", "3", "--per-task", "1",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "sublayers_kl.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "== bundled model" in summary and "most frequent pruning sites" in summary
+    assert summary.count("\n") > 6 and "mean KL to final per lens layer (nats):" in summary
