@@ -16,7 +16,7 @@ import numpy as np
 from entropylens_hf.trace import SequenceRecord
 
 from .lens_rows import generated_mean, lens_title
-from .model import OpenTrace, ViewerState, visible_token
+from .model import OpenTrace, TraceError, ViewerState, visible_token
 
 __all__ = ["PromptProfile", "PromptComparison", "compare_prompt"]
 
@@ -82,7 +82,11 @@ def compare_prompt(state: ViewerState) -> PromptComparison | None:
         if index is None:
             profiles.append(PromptProfile(entropy=None, kl_final=None, note=note, **common))
             continue
-        other = trace.sequence(index)
+        try:
+            other = trace.sequence(index)
+        except TraceError as exc:  # a damaged sequence in the other trace: say so, draw the rest
+            profiles.append(PromptProfile(entropy=None, kl_final=None, note=str(exc), **common))
+            continue
         if row is None:
             profiles.append(PromptProfile(entropy=generated_mean(other.entropy, other),
                                           kl_final=generated_mean(other.kl_final, other), note=note, **common))

@@ -347,7 +347,11 @@ class ProfilePlot(pg.PlotWidget):
         self.regions: list[pg.LinearRegionItem] = []
         state.row_changed.connect(self.redraw)
         state.sequence_changed.connect(self.redraw)
-        state.layer_changed.connect(lambda: self.layer_line.setPos(self.state.depths[self.state.layer]))
+        state.layer_changed.connect(self._render_layer)
+
+    def _render_layer(self) -> None:
+        if self.state.trace is not None:
+            self.layer_line.setPos(self.state.depths[self.state.layer])
 
     def redraw(self) -> None:
         seq, row = self.state.sequence, self.state.row

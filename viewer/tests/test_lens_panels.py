@@ -148,3 +148,10 @@ def test_compare_does_not_overlay_a_token_whose_sequence_differs_before_it(tmp_p
     assert profiles[0].entropy is None and profiles[0].note == "its tokens differ from position 4: token not overlaid"
     state.select_row(None)  # the sequence means still compare
     assert all(p.entropy is not None for p in compare_prompt(state).profiles)
+
+
+def test_stepping_after_the_last_trace_is_closed_draws_nothing(window, sublayer_trace):
+    window.open_path(sublayer_trace)
+    window.close_current()
+    window.state.step(-1)  # the profile's depth line has no trace to read: no error
+    assert window.windowTitle() == "Entropy-Lens viewer" and window.lens_info.text() == ""
