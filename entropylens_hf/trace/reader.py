@@ -46,8 +46,16 @@ class Trace:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Trace":
-        """Open a trace for reading; raises :class:`TraceError` with one clear line on bad input."""
+        """Open a trace for reading; raises :class:`TraceError` with one clear line on bad input.
+
+        A folder is read as a run of shard files (one per process of a data-parallel
+        recording): a :class:`~entropylens_hf.trace.shards.ShardedTrace`, with this same API.
+        """
         path = Path(path)
+        if path.is_dir():
+            from .shards import ShardedTrace
+
+            return ShardedTrace.open(path)
         try:
             f = _open_h5(path, "r")
         except _UncleanFile as exc:  # only for non-SWMR writers; say what happened
