@@ -206,7 +206,7 @@ def _record_into_folder(args, folder: Path, where, prompts: list, alphas: list[f
     import dataclasses
 
     from .distributed import RunGroup, pick_device, prepare_share
-    from .trace.shards import settings_differences
+    from .trace.writer import settings_differences
 
     if chat:
         prompts = [p.as_chat() for p in prompts]  # the keys a chat prompt is recorded under
@@ -259,12 +259,15 @@ def summarize(trace) -> str:
     lengths, prompts = trace.sequence_lengths, trace.prompt_lengths
     size = trace.file_size()
     rows = trace.num_rows
+    lens = m.lens_kind + " lens" + (f" ({m.lens['name']}, sha256 {str(m.lens.get('sha256', ''))[:12]})"
+                                     if m.lens.get("name") else "")
     lines = [
         f"trace      {trace.path}  ({size / 1e6:.2f} MB, schema {m.schema_version}, written by entropylens-hf {m.library_version})",
-        f"model      {m.model_name}  ({m.num_layers} lens layers: embeddings + {m.decoder_layers} decoder layers; "
-        f"vocabulary {m.vocab_size}; top-{m.top_k}"
+        f"model      {m.model_name}  ({m.num_layers} lens layers: embeddings + {m.decoder_layers} decoder layers"
+        f"{' at attention and MLP outputs' if m.sublayers else ''}; vocabulary {m.vocab_size}; top-{m.top_k}"
         + (f"; Rényi orders {', '.join(str(a) for a in m.renyi_alphas)}" if m.renyi_alphas else "")
         + ")",
+        f"lens       {lens}",
         f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
         f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
     ]

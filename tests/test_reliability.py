@@ -308,9 +308,12 @@ def test_a_damaged_mean_profile_chunk_gives_info_one_line(tmp_path, capsys):
     [
         (lambda f: f.attrs.__setitem__("renyi_alphas", "[null]"), "the 'renyi_alphas' attribute is malformed"),
         (lambda f: f.attrs.__setitem__("schema_version", np.array([1, 2])), "no valid schema_version|'schema_version' attribute is malformed"),
-        (lambda f: (f.attrs.__setitem__("num_layers", 5), f.attrs.__setitem__("layer_names", '["a","b","c","d","e"]')), "'/rows/entropy' has shape \\(8, 3\\), but the file's attributes \\(num_layers=5"),
+        (lambda f: (f.attrs.__setitem__("num_layers", 5), f.attrs.__setitem__("layer_names", '["a","b","c","d","e"]'),
+                    f.attrs.__setitem__("layer_kinds", '["emb","layer","layer","layer","layer"]')), "'/rows/entropy' has shape \\(8, 3\\), but the file's attributes \\(num_layers=5"),
         (lambda f: (f.__delitem__("sequences"), f.create_dataset("sequences", data=[1])), "'/sequences' should be a group, not a dataset"),
         (lambda f: f.attrs.__setitem__("top_k", "ten"), "the 'top_k' attribute is malformed"),
+        (lambda f: f.attrs.__setitem__("layer_kinds", '["emb","layer"]'), "2 layer_kinds for num_layers=3"),
+        (lambda f: f.attrs.__setitem__("lens", '{"name": "x"}'), "the 'lens' attribute is malformed"),
     ],
 )
 def test_malformed_attributes_and_misplaced_objects_give_one_trace_error(tmp_path, damage, message):

@@ -193,3 +193,78 @@ def test_a_reader_follows_a_trace_while_it_is_recorded(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert seen_counts == sorted(seen_counts) and seen_counts[-1] >= 6
+
+
+# -- schema version 2
+
+V1_TRACE = Path(__file__).parent / "data" / "trace_v1.h5"  # recorded by schema-v1 code (commit d7a7284)
+
+
+def test_a_version_1_trace_reads_as_it_was_recorded():
+    expected = np.load(V1_TRACE.with_name("trace_v1_expected.npz"))
+    with Trace.open(V1_TRACE) as trace:
+        m = trace.metadata
+        assert m.schema_version == 1 and m.lens_kind == "logit" and not m.sublayers
+        assert m.layer_kinds == ("emb",) + ("layer",) * 6 and m.decoder_layers == 6
+        np.testing.assert_array_equal(m.depths, np.arange(7))
+        assert len(trace) == 2 and trace.labels == [{"task": "story"}, {"task": "code"}]
+        for i, seq in enumerate(trace):
+            for name in ("token_ids", "entropy", "topk_ids", "topk_probs", "target_prob", "target_rank",
+                         "output_entropy", "renyi"):
+                np.testing.assert_array_equal(getattr(seq, name), expected[f"{i}/{name}"])
+            assert seq.complete and seq.kl_final.shape == seq.entropy.shape and np.isnan(seq.kl_final).all()
+
+
+def test_appending_to_a_version_1_trace_upgrades_it_and_keeps_its_sequences(tmp_path):
+    path = tmp_path / "old.h5"
+    path.write_bytes(V1_TRACE.read_bytes())
+    with Trace.open(path) as old:
+        meta, before = old.metadata, [old[i] for i in range(len(old))]
+    new_meta = TraceMetadata(**{**meta.__dict__, "schema_version": SCHEMA_VERSION, "layer_kinds": ()})
+    rng = np.random.default_rng(0)
+    added = SequenceRecord(
+        token_ids=np.arange(5), token_texts=tuple("abcde"), prompt_length=2, entropy=rng.random((4, 7)),
+        topk_ids=rng.integers(0, 100, (4, 7, 3)), topk_probs=rng.random((4, 7, 3)), target_prob=rng.random((4, 7)),
+        target_rank=rng.integers(0, 9, (4, 7)), output_entropy=rng.random(4), renyi=rng.random((4, 1, 7)),
+        renyi_alphas=(2.0,), kl_final=rng.random((4, 7)).astype(np.float32), key="new",
+    )
+    with TraceWriter(path, new_meta) as w:
+        w.write([added])
+    with Trace.open(path) as trace:
+        assert trace.metadata.schema_version == SCHEMA_VERSION == 2 and len(trace) == 3
+        for old_seq, seq in zip(before, trace):
+            np.testing.assert_array_equal(seq.entropy, old_seq.entropy)
+            assert np.isnan(seq.kl_final).all() and seq.complete
+        np.testing.assert_array_equal(trace[2].kl_final, added.kl_final)
+        np.testing.assert_allclose(trace[2].cross_entropy, -np.log(added.target_prob.astype(np.float32)), rtol=1e-6)
+
+
+def test_sub_layer_metadata_gives_depths_and_the_whole_layer_rows():
+    m = TraceMetadata(model_name="m", num_layers=5, layer_names=("embeddings", "1.attn", "1.mlp", "2.attn", "2.mlp"),
+                      vocab_size=10, top_k=2, layer_kinds=("emb", "attn", "mlp", "attn", "mlp"))
+    assert m.sublayers and m.decoder_layers == 2
+    np.testing.assert_array_equal(m.depths, [0, 0.5, 1, 1.5, 2])
+    np.testing.assert_array_equal(m.whole_layer_rows, [0, 2, 4])
+
+
+def test_appending_a_different_lens_or_row_layout_is_refused(tmp_path):
+    with TraceWriter(tmp_path / "t.h5", META) as w:
+        w.write([make_record(5, 2, 0)])
+    tuned = TraceMetadata(**{**META.__dict__, "lens": {"kind": "tuned", "name": "lens.safetensors", "sha256": "ab" * 32}})
+    with pytest.raises(TraceError, match=r"lens logit vs tuned \(lens.safetensors\)"):
+        TraceWriter(tmp_path / "t.h5", tuned)
+    sub = TraceMetadata(**{**META.__dict__, "layer_kinds": ("emb", "attn", "mlp")})
+    with pytest.raises(TraceError, match="whole-layer rows vs sub-layer rows"):
+        TraceWriter(tmp_path / "t.h5", sub)
+
+
+def test_sequences_not_complete_are_shown_only_on_request(tmp_path):
+    with TraceWriter(tmp_path / "t.h5", META) as w:
+        w.write([make_record(5, 2, 0), make_record(6, 2, 1)])
+    with h5py.File(tmp_path / "t.h5", "a", locking=False) as f:  # as a live writer leaves a sequence it abandoned
+        f["sequences/status"][0] = 2
+    with Trace.open(tmp_path / "t.h5") as trace:
+        assert len(trace) == 1 and trace[0].key == "k1" and trace.keys == ["k1"] and trace[0].complete
+        assert trace.mean_profiles.shape == (1, 3) and trace.num_rows == 5
+    with Trace.open(tmp_path / "t.h5", partial=True) as trace:
+        assert len(trace) == 2 and trace.keys == ["k0", "k1"] and not trace[0].complete and trace[1].complete

@@ -12,7 +12,14 @@ import h5py
 import numpy as np
 
 from ..errors import TraceError
-from .schema import _INDEX_COLUMNS, SequenceRecord, _check_is_trace, _first_line, _read_metadata
+from .schema import (
+    _INDEX_COLUMNS,
+    STATUS_COMPLETE,
+    SequenceRecord,
+    _check_is_trace,
+    _first_line,
+    _read_metadata,
+)
 from .storage import _open_h5, _read_string_column, _UncleanFile
 
 _SHAPE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
@@ -31,13 +38,19 @@ class Trace:
     it was replaced (crash recovery writes a fresh file). Every problem with the file is one
     :class:`TraceError` naming the file and the damaged part; a damaged sequence does not
     keep the others from being read.
+
+    Only complete sequences are shown unless ``partial=True``, which also shows sequences
+    still being written (live recording) or abandoned (``seq.complete`` is False for them).
+    Indices (``trace[i]``, ``seq.index``) count the sequences shown.
     """
 
-    def __init__(self, path: Path, file: h5py.File):
+    def __init__(self, path: Path, file: h5py.File, partial: bool = False):
         self.path = path
+        self.partial = partial
         self._file = file
         self._identity = _identity(path)
         self.metadata = _read_metadata(file, path)
+        self._version_2 = self.metadata.schema_version >= 2
         self._index: dict[str, np.ndarray] = {}
         self._metas: list[dict[str, Any] | None] = []  # None: damaged metadata
         self._vocabulary: list[str] | None = None
@@ -45,9 +58,10 @@ class Trace:
         self._load_index()
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Trace":
+    def open(cls, path: str | os.PathLike, partial: bool = False) -> "Trace":
         """Open a trace for reading; raises :class:`TraceError` with one clear line on bad input.
 
+        ``partial=True`` also shows sequences that are not complete (see the class docstring).
         A folder is read as a run of shard files (one per process of a data-parallel
         recording): a :class:`~entropylens_hf.trace.shards.ShardedTrace`, with this same API.
         """
@@ -55,7 +69,7 @@ class Trace:
         if path.is_dir():
             from .shards import ShardedTrace
 
-            return ShardedTrace.open(path)
+            return ShardedTrace.open(path, partial=partial)
         try:
             f = _open_h5(path, "r")
         except _UncleanFile as exc:  # only for non-SWMR writers; say what happened
@@ -64,7 +78,7 @@ class Trace:
             raise TraceError(f"{path}: damaged trace ({_first_line(exc)})") from None
         try:
             _check_is_trace(f, path)
-            return cls(path, f)
+            return cls(path, f, partial=partial)
         except TraceError:
             f.close()
             raise
@@ -111,6 +125,8 @@ class Trace:
             "runs/meta_bytes": (), "runs/meta_end": (),
             **{f"sequences/{name}": () for name in _INDEX_COLUMNS},
         }
+        if self._version_2:
+            expected.update({"rows/kl_final": (L,), "sequences/status": ()})
         for name, tail in expected.items():
             with self._reading(f"'/{name}'"):
                 ds = self._file.get(name)
@@ -130,10 +146,11 @@ class Trace:
             seqs = self._file["sequences"]
             for ds in seqs.values():
                 ds.refresh()
-            # A sequence is complete once every index column has its entry (meta is written last).
-            n = min(seqs[name].shape[0] for name in _INDEX_COLUMNS + ("meta_end", "mean_profile"))
+            # A sequence is committed once every index column has its entry (meta is written last).
+            columns = _INDEX_COLUMNS + (("status",) if self._version_2 else ())
+            n = min(seqs[name].shape[0] for name in columns + ("meta_end", "mean_profile"))
             old = min(len(self._metas), n)
-            index = {name: seqs[name][:n] for name in _INDEX_COLUMNS}
+            index = {name: seqs[name][:n] for name in columns}
             metas = [_parse_meta(m) for m in _read_string_column(seqs, "meta", old, n)] if n > old else []
         # Metadata that does not parse at the end of the index belongs to a batch whose write
         # failed (a full disk): those sequences were never committed. Elsewhere it marks one
@@ -143,6 +160,9 @@ class Trace:
             n -= 1
         self._index = {name: column[:n] for name, column in index.items()}
         self._metas = self._metas[:old] + metas
+        status = self._index.get("status")
+        shown = np.ones(n, bool) if status is None or self.partial else status == STATUS_COMPLETE
+        self._shown = np.flatnonzero(shown)
         self._mean_profiles: np.ndarray | None = None
         with self._reading("the token and row data"):
             for group in ("tokens", "rows"):
@@ -169,7 +189,11 @@ class Trace:
         fresh._file = None
 
     def __len__(self) -> int:
-        return int(self._index["token_start"].shape[0])
+        return int(self._shown.shape[0])
+
+    def _column(self, name: str) -> np.ndarray:
+        """An index column over the sequences shown."""
+        return self._index[name][self._shown]
 
     def __iter__(self) -> Iterator[SequenceRecord]:
         for i in range(len(self)):
@@ -180,19 +204,21 @@ class Trace:
         if not -n <= i < n:
             raise IndexError(f"{self.path}: sequence {i} out of range ({n} sequences)")
         i %= n
-        meta = self._metas[i]
+        at = int(self._shown[i])  # position in the file's index
+        meta = self._metas[at]
         if meta is None:
             raise TraceError(f"{self.path}: damaged trace: the metadata of sequence {i} cannot be read")
-        t0 = int(self._index["token_start"][i])
-        nt = int(self._index["token_count"][i])
-        r0 = int(self._index["row_start"][i])
-        nr = int(self._index["row_count"][i])
+        t0 = int(self._index["token_start"][at])
+        nt = int(self._index["token_count"][at])
+        r0 = int(self._index["row_start"][at])
+        nr = int(self._index["row_count"][at])
         arrays: dict[str, Any] = {}
         for field, part, start, count in (
             ("token_ids", "tokens/id", t0, nt), ("entropy", "rows/entropy", r0, nr),
             ("topk_ids", "rows/topk_id", r0, nr), ("topk_probs", "rows/topk_prob", r0, nr),
             ("target_prob", "rows/target_prob", r0, nr), ("target_rank", "rows/target_rank", r0, nr),
             ("output_entropy", "rows/output_entropy", r0, nr), ("renyi", "rows/renyi", r0, nr),
+            *((("kl_final", "rows/kl_final", r0, nr),) if self._version_2 else ()),
         ):
             with self._reading(f"sequence {i} ('/{part}')"):
                 values = self._file[part][start : start + count]
@@ -201,45 +227,52 @@ class Trace:
             arrays[field] = values
         with self._reading(f"sequence {i} ('/tokens/text_bytes')"):
             texts = tuple(_read_string_column(self._file["tokens"], "text", t0, t0 + nt))
+        if not self._version_2:
+            arrays["kl_final"] = np.full(arrays["entropy"].shape, np.nan, np.float32)
+        status = self._index.get("status")
         return SequenceRecord(
             **arrays,
             token_texts=texts,
-            prompt_length=int(self._index["prompt_length"][i]),
+            prompt_length=int(self._index["prompt_length"][at]),
             renyi_alphas=self.metadata.renyi_alphas,
             labels=meta.get("labels", {}),
             prompt_text=meta.get("prompt_text", ""),
             key=meta.get("key", ""),
-            run=int(self._index["run"][i]),
+            run=int(self._index["run"][at]),
             index=i,
+            complete=status is None or int(status[at]) == STATUS_COMPLETE,
         )
 
     @property
     def damaged(self) -> list[int]:
         """Indices of sequences whose metadata cannot be read (reading them raises :class:`TraceError`)."""
-        return [i for i, m in enumerate(self._metas) if m is None]
+        return [i for i, at in enumerate(self._shown) if self._metas[at] is None]
+
+    def _shown_metas(self) -> list[dict[str, Any]]:
+        return [self._metas[at] or {} for at in self._shown]
 
     # -- summaries
     @property
     def labels(self) -> list[dict[str, str]]:
         """Labels of every sequence, without loading any arrays."""
-        return [dict((m or {}).get("labels", {})) for m in self._metas]
+        return [dict(m.get("labels", {})) for m in self._shown_metas()]
 
     @property
     def prompt_texts(self) -> list[str]:
-        return [(m or {}).get("prompt_text", "") for m in self._metas]
+        return [m.get("prompt_text", "") for m in self._shown_metas()]
 
     @property
     def keys(self) -> list[str]:
-        return [(m or {}).get("key", "") for m in self._metas]
+        return [m.get("key", "") for m in self._shown_metas()]
 
     @property
     def sequence_lengths(self) -> np.ndarray:
         """Number of tokens (prompt + generated) of every sequence."""
-        return self._index["token_count"].copy()
+        return self._column("token_count")
 
     @property
     def prompt_lengths(self) -> np.ndarray:
-        return self._index["prompt_length"].copy()
+        return self._column("prompt_length")
 
     @property
     def mean_profiles(self) -> np.ndarray:
@@ -249,18 +282,19 @@ class Trace:
         """
         if self._mean_profiles is None:
             with self._reading("the mean profiles '/sequences/mean_profile'"):
-                self._mean_profiles = self._file["sequences/mean_profile"][: len(self)]
+                n = int(self._index["token_start"].shape[0])
+                self._mean_profiles = self._file["sequences/mean_profile"][:n][self._shown]
         return self._mean_profiles.copy()
 
     @property
     def mean_entropies(self) -> np.ndarray:
         """Mean entropy over the generated rows and all layers, per sequence (nats)."""
-        return self._index["mean_entropy"].copy()
+        return self._column("mean_entropy")
 
     @property
     def num_rows(self) -> int:
         """Total rows (token x all lens layers each) over all complete sequences."""
-        return int(self._index["row_count"].sum())
+        return int(self._column("row_count").sum())
 
     @property
     def vocabulary(self) -> list[str]:

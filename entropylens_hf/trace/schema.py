@@ -14,7 +14,9 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
     /                       attrs: format, schema_version, library_version, created_utc,
                                    model_name, model_config (JSON), tokenizer_name,
                                    num_layers (L), layer_names (JSON), vocab_size, top_k,
-                                   renyi_alphas (JSON)
+                                   renyi_alphas (JSON),
+                                   lens (JSON: kind "logit" | "tuned", name, sha256)       [v2]
+                                   layer_kinds (JSON: "emb" | "layer" | "attn" | "mlp", [L]) [v2]
     /tokens/id              int32   [T]         every sequence's full token ids
     /tokens/text_bytes      uint8   [bytes]     UTF-8 text of each token, concatenated
     /tokens/text_end        int64   [T]         end offset of each token's text
@@ -26,9 +28,11 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
     /rows/output_entropy    float32 [N]         entropy of the scores generate's logits processors
                                                 produced (before sampling warpers); NaN on prompt rows
     /rows/renyi             float32 [N, A, L]   Rényi entropies, one profile per order
+    /rows/kl_final          float32 [N, L]      KL(p_final || p_layer), nats; NaN where not recorded    [v2]
     /sequences/token_start  int64 [S]; token_count int32 [S]; prompt_length int32 [S]
     /sequences/row_start    int64 [S]; row_count int32 [S]; run int32 [S]; mean_entropy float32 [S]
     /sequences/mean_profile float32 [S, L]      mean entropy per layer over the generated rows
+    /sequences/status       int8 [S]            1 complete, 0 being written (live), 2 abandoned        [v2]
     /sequences/meta_bytes + meta_end            JSON per sequence: prompt_text, labels, key
     /runs/meta_bytes + meta_end                 JSON per generate() call: settings, time
     /vocabulary/text_bytes + text_end           decoded text of every token id (optional, written
@@ -36,6 +40,10 @@ Layout (``N`` rows, ``T`` tokens, ``L`` lens layers = decoder layers + 1 for the
 
 Row ``i`` of a sequence is the logit lens at input position ``first_target - 1 + i``, i.e. the
 distribution that predicted token ``first_target + i``.
+
+Version 2 adds what sub-layer, tuned-lens, live and sharded recordings need (marked [v2]);
+a version-1 file reads as a logit-lens trace over whole layers, KL not recorded (NaN), every
+sequence complete, and appending to one upgrades it in place (:func:`upgrade_in_place`).
 """
 
 from __future__ import annotations
@@ -53,7 +61,14 @@ from .._version import __version__
 from ..errors import TraceError
 
 FORMAT_NAME = "entropylens-trace"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+LAYER_KINDS = ("emb", "layer", "attn", "mlp")
+"""What a lens row reads: the embeddings, a whole decoder layer's output, the residual after a
+layer's attention (before its MLP), or after its MLP (= the whole layer, in sub-layer traces)."""
+LOGIT_LENS = {"kind": "logit"}
+
+STATUS_IN_PROGRESS, STATUS_COMPLETE, STATUS_ABANDONED = 0, 1, 2
 
 _INDEX_DTYPES = {
     "token_start": np.int64,
@@ -85,11 +100,50 @@ class TraceMetadata:
     schema_version: int = SCHEMA_VERSION
     library_version: str = __version__
     created_utc: str = ""
+    lens: Mapping[str, Any] = field(default_factory=lambda: dict(LOGIT_LENS))
+    layer_kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen: fill the derived default (embeddings, then whole layers) in place once.
+        if not self.layer_kinds:
+            object.__setattr__(self, "layer_kinds", ("emb",) + ("layer",) * (self.num_layers - 1))
+        else:
+            object.__setattr__(self, "layer_kinds", tuple(self.layer_kinds))
+
+    @property
+    def lens_kind(self) -> str:
+        """``"logit"`` or ``"tuned"``: which lens turned residuals into distributions."""
+        return str(self.lens.get("kind", "logit"))
+
+    @property
+    def sublayers(self) -> bool:
+        """True when the rows include the residual between each layer's attention and MLP."""
+        return "attn" in self.layer_kinds
 
     @property
     def decoder_layers(self) -> int:
-        """Number of decoder layers (lens layers minus the embedding layer)."""
-        return self.num_layers - 1
+        """Number of decoder layers (whole-layer lens rows, not counting the embeddings)."""
+        return sum(kind in ("layer", "mlp") for kind in self.layer_kinds)
+
+    @property
+    def depths(self) -> np.ndarray:
+        """``[L]`` decoder depth of each lens row: embeddings 0, layer k k, its attention half k - 0.5.
+
+        Divide by :attr:`decoder_layers` for the depth rescaled to [0, 1].
+        """
+        depth, out = 0.0, []
+        for kind in self.layer_kinds:
+            if kind == "attn":
+                out.append(depth + 0.5)
+            else:
+                depth += kind != "emb"
+                out.append(depth)
+        return np.asarray(out, dtype=np.float64)
+
+    @property
+    def whole_layer_rows(self) -> np.ndarray:
+        """Indices of the embedding and whole-layer rows: the plain logit-lens profile of any trace."""
+        return np.flatnonzero([kind != "attn" for kind in self.layer_kinds])
 
 
 @dataclass(frozen=True)
@@ -97,7 +151,10 @@ class SequenceRecord:
     """One recorded sequence: its tokens and, per row and lens layer, what the logit lens saw.
 
     Arrays: ``token_ids [T]``, ``entropy [N, L]``, ``topk_ids / topk_probs [N, L, k]``,
-    ``target_prob / target_rank [N, L]``, ``output_entropy [N]``, ``renyi [N, A, L]``.
+    ``target_prob / target_rank [N, L]``, ``output_entropy [N]``, ``renyi [N, A, L]``,
+    ``kl_final [N, L]`` (KL(p_final || p_layer) in nats; ``None`` when the recorder did not
+    compute it, NaN when read from a file that lacks it). ``complete`` is False for a sequence
+    still being written (or abandoned), read with ``Trace.open(path, partial=True)``.
     Row ``i`` predicted token ``first_target + i``; rows whose target lies in the prompt are
     prompt rows. ``index`` is the position in the trace file (-1 when not read from a file).
     """
@@ -118,10 +175,18 @@ class SequenceRecord:
     key: str = ""
     run: int = 0
     index: int = -1
+    kl_final: np.ndarray | None = None
+    complete: bool = True
 
     @property
     def n_rows(self) -> int:
         return int(self.entropy.shape[0])
+
+    @property
+    def cross_entropy(self) -> np.ndarray:
+        """``[N, L]`` cross-entropy of the token that came next, ``-log target_prob`` (nats)."""
+        with np.errstate(divide="ignore"):
+            return -np.log(np.asarray(self.target_prob, dtype=np.float64))
 
     @property
     def first_target(self) -> int:
@@ -221,6 +286,8 @@ def _write_metadata_attrs(f: h5py.File, m: TraceMetadata) -> None:
     f.attrs["vocab_size"] = m.vocab_size
     f.attrs["top_k"] = m.top_k
     f.attrs["renyi_alphas"] = json.dumps([_alpha_to_json(a) for a in m.renyi_alphas])
+    f.attrs["lens"] = json.dumps(dict(m.lens), default=str)
+    f.attrs["layer_kinds"] = json.dumps(list(m.layer_kinds))
 
 
 def _alpha_to_json(a: float) -> float | str:
@@ -287,6 +354,21 @@ def _attr(f: h5py.File, path: Path, name: str, convert: Any, default: Any = _MIS
         raise TraceError(f"{path}: damaged trace: the '{name}' attribute is malformed ({_first_line(exc)})") from None
 
 
+def _lens(v: Any) -> dict:
+    value = _json_object(v)
+    if not isinstance(value.get("kind"), str):
+        raise ValueError("no lens kind")
+    return value
+
+
+def _layer_kinds(v: Any) -> tuple[str, ...]:
+    kinds = tuple(_json_list(v))
+    odd = [k for k in kinds if k not in LAYER_KINDS]
+    if odd:
+        raise ValueError(f"unknown layer kind {odd[0]!r}")
+    return kinds
+
+
 def _read_metadata(f: h5py.File, path: Path) -> TraceMetadata:
     m = TraceMetadata(
         model_name=_attr(f, path, "model_name", _text, ""),
@@ -300,10 +382,14 @@ def _read_metadata(f: h5py.File, path: Path) -> TraceMetadata:
         schema_version=_attr(f, path, "schema_version", _integer),
         library_version=_attr(f, path, "library_version", _text, ""),
         created_utc=_attr(f, path, "created_utc", _text, ""),
+        lens=_attr(f, path, "lens", _lens, dict(LOGIT_LENS)),
+        layer_kinds=_attr(f, path, "layer_kinds", _layer_kinds, ()),
     )
     for name, value in (("num_layers", m.num_layers), ("vocab_size", m.vocab_size), ("top_k", m.top_k)):
         if value < 1:
             raise TraceError(f"{path}: damaged trace: the '{name}' attribute is {value}")
     if len(m.layer_names) not in (0, m.num_layers):
         raise TraceError(f"{path}: damaged trace: {len(m.layer_names)} layer_names for num_layers={m.num_layers}")
+    if len(m.layer_kinds) != m.num_layers:
+        raise TraceError(f"{path}: damaged trace: {len(m.layer_kinds)} layer_kinds for num_layers={m.num_layers}")
     return m

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -24,9 +23,9 @@ import numpy as np
 from ..errors import TraceError
 from .reader import Trace
 from .schema import SequenceRecord, TraceMetadata
-from .writer import TraceWriter
+from .writer import TraceWriter, settings_differences
 
-__all__ = ["ShardedTrace", "ORDER_FILE", "shard_files", "write_order", "settings_differences", "merge_shards"]
+__all__ = ["ShardedTrace", "ORDER_FILE", "shard_files", "write_order", "merge_shards"]
 
 ORDER_FILE = "order.txt"
 
@@ -67,32 +66,6 @@ def write_order(folder: Path, keys: Iterable[str]) -> None:
         raise
 
 
-def _settings(m: TraceMetadata) -> dict[str, Any]:
-    """What must be the same in every shard of one trace (as for appending to one file)."""
-    lens = getattr(m, "lens", None) or {"kind": "logit"}
-    return {
-        "model": m.model_name,
-        "lens layers": m.num_layers,
-        "layer names": tuple(m.layer_names),
-        "vocabulary": m.vocab_size,
-        "top_k": m.top_k,
-        "Rényi orders": tuple(m.renyi_alphas),
-        "tokenizer": m.tokenizer_name,
-        "lens": (lens.get("kind"), lens.get("name"), lens.get("sha256")),
-        "layer kinds": tuple(getattr(m, "layer_kinds", ()) or ()),
-    }
-
-
-def settings_differences(reference: TraceMetadata, other: TraceMetadata) -> list[str]:
-    """``["top_k 10 vs 5", ...]``: the settings in which ``other`` differs from ``reference``."""
-    a, b = _settings(reference), _settings(other)
-    return [f"{name} {_show(a[name])} vs {_show(b[name])}" for name in a if a[name] != b[name]]
-
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(list(value) if isinstance(value, tuple) else value)
-
-
 class ShardedTrace:
     """A run folder of shard files, read as one trace; the API of :class:`~entropylens_hf.trace.Trace`.
 
@@ -107,7 +80,7 @@ class ShardedTrace:
 
     def __init__(self, folder: Path, shards: list[Trace], partial: bool = False):
         self.path = folder
-        self._partial = partial
+        self.partial = partial
         self._shards: list[Trace] = []
         self._entries: list[tuple[int, int]] = []  # global index -> (shard number, index in the shard)
         self._seen: list[int] = []  # sequences of each shard already in _entries
@@ -129,7 +102,7 @@ class ShardedTrace:
         shards: list[Trace] = []
         try:
             for path in files:
-                shards.append(_open_shard(path, partial))
+                shards.append(Trace.open(path, partial=partial))
             return cls(folder, shards, partial)
         except BaseException:
             for shard in shards:
@@ -184,7 +157,7 @@ class ShardedTrace:
         known = {shard.path for shard in self._shards}
         for path in shard_files(self.path):
             if path not in known:
-                shard = _open_shard(path, self._partial)
+                shard = Trace.open(path, partial=self.partial)
                 try:
                     _check_consistent(self.path, [self._shards[0], shard])
                 except TraceError:
@@ -281,8 +254,6 @@ class ShardedTrace:
     to_dataframe = Trace.to_dataframe  # it reads through the public sequence API only
 
 
-def _open_shard(path: Path, partial: bool) -> Trace:
-    return Trace.open(path, partial=partial) if partial else Trace.open(path)
 
 
 def _check_consistent(folder: Path, shards: Sequence[Trace]) -> TraceMetadata:
@@ -291,10 +262,9 @@ def _check_consistent(folder: Path, shards: Sequence[Trace]) -> TraceMetadata:
     The reference is the settings most shards have (the first shard's on a tie), so the one
     odd shard is the one named, whichever its place in the folder.
     """
-    settings = [tuple(_settings(shard.metadata).values()) for shard in shards]
-    counts = Counter(settings)
-    reference = next(i for i, s in enumerate(settings) if counts[s] == max(counts.values()))
-    odd = [i for i, s in enumerate(settings) if s != settings[reference]]
+    agree = [sum(not settings_differences(a.metadata, b.metadata) for b in shards) for a in shards]
+    reference = agree.index(max(agree))
+    odd = [i for i, shard in enumerate(shards) if settings_differences(shards[reference].metadata, shard.metadata)]
     if odd:
         ref = shards[reference]
         first = shards[odd[0]]

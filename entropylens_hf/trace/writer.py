@@ -16,8 +16,12 @@ from .schema import (
     _INDEX_COLUMNS,
     _INDEX_DTYPES,
     _ROW_CHUNK,
+    SCHEMA_VERSION,
+    STATUS_COMPLETE,
     SequenceRecord,
+    LOGIT_LENS,
     TraceMetadata,
+    _COMPRESSION,
     _check_is_trace,
     _now_utc,
     _read_metadata,
@@ -143,6 +147,7 @@ class TraceWriter:
             "target_rank": np.concatenate([r.target_rank for r in records]).astype(np.int32),
             "output_entropy": np.concatenate([r.output_entropy for r in records]).astype(np.float32),
             "renyi": np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32),
+            "kl_final": np.concatenate([_kl_final(r, L) for r in records]).astype(np.float32),
         }
         texts = [t for r in records for t in r.token_texts]
         metas = [
@@ -177,6 +182,7 @@ class TraceWriter:
             profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
             _append(seqs["mean_profile"], profiles)
             _append(seqs["mean_entropy"], profiles.mean(axis=1))
+            _append(seqs["status"], np.full(len(records), STATUS_COMPLETE, dtype=np.int8))
             _append_strings(seqs, "meta", metas)
             f.flush()
         return list(range(first_index, first_index + len(records)))
@@ -210,6 +216,8 @@ class TraceWriter:
             problems.append(f"top-k {r.topk_ids.shape} != ({n}, {L}, {k})")
         if r.renyi.size != n * A * L:
             problems.append(f"renyi {r.renyi.shape} != ({n}, {A}, {L})")
+        if r.kl_final is not None and np.shape(r.kl_final) != (n, L):
+            problems.append(f"kl_final {np.shape(r.kl_final)} != ({n}, {L})")
         if len(r.token_texts) != len(r.token_ids):
             problems.append("token_texts and token_ids differ in length")
         if n > len(r.token_ids) - 1 or n < 1:
@@ -243,6 +251,7 @@ class TraceWriter:
             for name in _INDEX_COLUMNS:
                 _create_column(seqs, name, _INDEX_DTYPES[name], (), 1024)
             _create_column(seqs, "mean_profile", np.float32, (L,), 1024)
+            _create_version_2_columns(f, L)
             _create_string_column(seqs, "meta")
             _create_string_column(f.create_group("runs"), "meta")
             if self._vocabulary:
@@ -276,6 +285,8 @@ class TraceWriter:
             _check_is_trace(f, self.path)
             existing = _read_metadata(f, self.path)
             _check_compatible(self.path, existing, self.metadata)
+            if existing.schema_version < SCHEMA_VERSION:
+                upgrade_in_place(f)
         except BaseException:
             f.close()
             raise
@@ -283,6 +294,18 @@ class TraceWriter:
 
 
 def _check_compatible(path: Path, existing: TraceMetadata, new: TraceMetadata) -> None:
+    diffs = settings_differences(existing, new)
+    if diffs:
+        raise TraceError(
+            f"{path}: cannot append, the trace was recorded with different settings ("
+            + "; ".join(diffs)
+            + "); write to a new file or use the same settings"
+        )
+
+
+def settings_differences(existing: TraceMetadata, new: TraceMetadata) -> list[str]:
+    """``["top_k 10 vs 5", ...]``: what keeps ``new`` from joining the sequences of ``existing``
+    (appending to a file, or one more shard of a run folder)."""
     diffs = []
     if existing.model_name != new.model_name:
         diffs.append(f"model {existing.model_name!r} vs {new.model_name!r}")
@@ -294,13 +317,50 @@ def _check_compatible(path: Path, existing: TraceMetadata, new: TraceMetadata) -
         diffs.append(f"top_k {existing.top_k} vs {new.top_k}")
     if tuple(existing.renyi_alphas) != tuple(new.renyi_alphas):
         diffs.append(f"Rényi orders {list(existing.renyi_alphas)} vs {list(new.renyi_alphas)}")
-    if diffs:
-        raise TraceError(
-            f"{path}: cannot append, the trace was recorded with different settings ("
-            + "; ".join(diffs)
-            + "); write to a new file or use the same settings"
-        )
+    if existing.lens_kind != new.lens_kind or existing.lens.get("sha256", "") != new.lens.get("sha256", ""):
+        diffs.append(f"lens {_lens_text(existing)} vs {_lens_text(new)}")
+    if existing.layer_kinds != new.layer_kinds:
+        diffs.append(f"{_rows_text(existing)} vs {_rows_text(new)}")
+    return diffs
 
+
+
+def _lens_text(m: TraceMetadata) -> str:
+    name = m.lens.get("name") or m.lens.get("sha256", "")[:12]
+    return f"{m.lens_kind}" + (f" ({name})" if name else "")
+
+
+def _rows_text(m: TraceMetadata) -> str:
+    return "sub-layer rows" if m.sublayers else "whole-layer rows"
+
+
+def _create_version_2_columns(f: h5py.File, L: int) -> None:
+    """The datasets version 2 added. Their fill values are what a version-1 file means:
+    KL not recorded (NaN), every sequence complete."""
+    f["rows"].create_dataset("kl_final", shape=(0, L), maxshape=(None, L), dtype=np.float32, chunks=(_ROW_CHUNK, L),
+                             fillvalue=np.float32(np.nan), **_COMPRESSION)
+    f["sequences"].create_dataset("status", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(1024,),
+                                  fillvalue=np.int8(STATUS_COMPLETE))
+
+
+def upgrade_in_place(f: h5py.File) -> None:
+    """Turn an open version-1 trace into version 2 (before SWMR writing starts).
+
+    Adds the version-2 datasets sized for the sequences already there; their fill values
+    stand for the old rows, so no data is written for them and nothing recorded changes.
+    """
+    L = int(f.attrs["num_layers"])
+    _create_version_2_columns(f, L)
+    f["rows/kl_final"].resize(f["rows/entropy"].shape[0], axis=0)
+    f["sequences/status"].resize(f["sequences/token_start"].shape[0], axis=0)
+    f.attrs["lens"] = json.dumps(dict(LOGIT_LENS))
+    f.attrs["layer_kinds"] = json.dumps(["emb"] + ["layer"] * (L - 1))
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.flush()
+
+
+def _kl_final(r: SequenceRecord, L: int) -> np.ndarray:
+    return np.full((r.n_rows, L), np.nan, np.float32) if r.kl_final is None else np.asarray(r.kl_final)
 
 
 def _mean_generated_profile(r: SequenceRecord) -> np.ndarray:

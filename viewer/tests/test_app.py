@@ -173,6 +173,7 @@ def test_a_damaged_trace_or_sequence_gets_a_message_and_the_window_keeps_working
     with h5py.File(mismatched, "a") as f:  # num_layers that disagrees with the data
         f.attrs["num_layers"] = 9
         f.attrs["layer_names"] = json.dumps([f"l{i}" for i in range(9)])
+        f.attrs["layer_kinds"] = json.dumps(["emb"] + ["layer"] * 8)
     assert not window.open_path(mismatched)
     assert len(shown) == 1 and "'/rows/entropy' has shape" in shown[0] and str(mismatched) in shown[0]
 
