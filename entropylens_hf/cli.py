@@ -211,15 +211,17 @@ def _record_into_folder(args, folder: Path, where, prompts: list, alphas: list[f
     if chat:
         prompts = [p.as_chat() for p in prompts]  # the keys a chat prompt is recorded under
     with RunGroup(where) as group:
-        share = prepare_share(folder, prompts, where)
-        group.barrier()
-        reference = share.metadata
-        if reference is not None:  # the settings known before loading, then all of them
+        def check(reference):  # the settings known before loading; all of them once the model is there
             _refuse_other_settings(folder, settings_differences(reference, dataclasses.replace(
                 reference, model_name=args.model, top_k=args.top_k, renyi_alphas=tuple(alphas))))
+
+        share = prepare_share(folder, prompts, where, check)
+        group.barrier()
+        reference = share.metadata
         recorded = 0
         if share.prompts:
-            lens = _load_lens(args, prompt_rows, alphas, pick_device(where, args.device))
+            device = args.device if args.device_map is not None else pick_device(where, args.device)
+            lens = _load_lens(args, prompt_rows, alphas, device)
             if reference is not None:
                 _refuse_other_settings(folder, settings_differences(reference, lens.metadata()))
             recorded, _ = _record(lens, share.prompts, share.shard, args, chat,

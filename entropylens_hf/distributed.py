@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from .errors import EntropyLensError
 from .trace.locking import lock_holder
@@ -122,13 +122,15 @@ class Share:
     metadata: TraceMetadata | None
 
 
-def prepare_share(folder: Path, prompts: Sequence[P], launch: Launch) -> Share:
+def prepare_share(folder: Path, prompts: Sequence[P], launch: Launch,
+                  check: Callable[[TraceMetadata], None] | None = None) -> Share:
     """Read the run folder (creating it) and work out this process's share; no model needed.
 
     Refuses (:class:`EntropyLensError`, one line) shards that disagree, a live writer of
     this process's shard (the same command started twice), and a live writer of a shard
-    from another process count (two launches would record the same prompts). Rank 0 adds
-    the prompt list to the folder's order file, which orders the sequences when read.
+    from another process count (two launches would record the same prompts); ``check``
+    may refuse the folder's settings. Then rank 0 adds the prompt list to the folder's
+    order file, which orders the sequences when read.
     """
     try:
         folder.mkdir(exist_ok=True)
@@ -146,6 +148,8 @@ def prepare_share(folder: Path, prompts: Sequence[P], launch: Launch) -> Share:
     if shard_files(folder):
         with ShardedTrace.open(folder) as run:
             done, metadata = set(run.keys), run.metadata
+        if check is not None:
+            check(metadata)
     if launch.rank == 0:
         write_order(folder, [p.key for p in prompts])
     todo = take_share(prompts, done, launch.rank, launch.world_size)

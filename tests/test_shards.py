@@ -204,3 +204,27 @@ def test_prepare_share_reads_every_shard_and_writes_the_prompt_order(run_folder)
     assert all(s.skipped == 2 and s.metadata.top_k == META.top_k for s in shares)
     assert [s.shard.name for s in shares] == [shard_name(Launch(r, 3)) for r in range(3)]
     assert (folder / ORDER_FILE).read_text().split() == [p.key for p in prompts]
+
+
+def test_record_into_a_folder_of_other_settings_is_refused_before_the_model_loads(run_folder, tmp_path, capsys,
+                                                                                   monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    import entropylens_hf.loading
+
+    monkeypatch.setattr(entropylens_hf.loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["record", "default", "--prompts", str(prompts), "--out", f"{run_folder}/", "--top-k", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "the run was recorded with other settings (model 'tiny' vs 'default'; top_k 4 vs 5; Rényi orders" in err
+    assert sorted(p.name for p in run_folder.iterdir()) == [ORDER_FILE, "rank-00000-of-00002.h5", "rank-00001-of-00002.h5"]
+    assert (run_folder / ORDER_FILE).read_text().split() == [f"k{s}" for s in range(8)]  # untouched
+
+
+def test_record_under_a_launcher_needs_a_folder(tmp_path, capsys, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["record", "default", "--prompts", str(prompts), "--out", str(tmp_path / "run.h5")]) == 2
+    assert "2 processes need a run folder, one shard file each; give a folder, e.g. --out" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [prompts]
