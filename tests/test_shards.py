@@ -228,3 +228,29 @@ def test_record_under_a_launcher_needs_a_folder(tmp_path, capsys, monkeypatch):
     assert main(["record", "default", "--prompts", str(prompts), "--out", str(tmp_path / "run.h5")]) == 2
     assert "2 processes need a run folder, one shard file each; give a folder, e.g. --out" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [prompts]
+
+
+DIE = f"""
+import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_trace import META, make_record
+from entropylens_hf.trace import TraceWriter
+w = TraceWriter(sys.argv[1], META)
+w.write([make_record(6, 2, int(sys.argv[2]))])
+os.kill(os.getpid(), signal.SIGKILL)  # dies holding the file open and the lock
+"""
+
+
+def test_a_shard_left_open_by_a_dead_process_is_read_and_its_stale_lock_blocks_no_rerun(run_folder):
+    shard = run_folder / "rank-00001-of-00002.h5"
+    died = subprocess.run([sys.executable, "-c", DIE, str(shard), "8"])
+    assert died.returncode == -9 and (run_folder / "rank-00001-of-00002.h5.lock").exists()
+    with Trace.open(run_folder) as trace:  # read as it is, its committed sequences included
+        assert sorted(trace.keys) == [f"k{s}" for s in range(9)]
+    prompts = [Prompt(f"p{i}") for i in range(6)]
+    for where in (Launch(1, 2), Launch(0, 3)):  # the same process count, or another
+        share = prepare_share(run_folder, prompts, where)
+        assert share.skipped == 0 and share.shard.name == shard_name(where)
+    with TraceWriter(shard, META) as w:  # the same count appends to it: recovered first
+        w.write([make_record(6, 2, 9)])
+    with Trace.open(run_folder) as trace:
+        assert sorted(trace.keys) == [f"k{s}" for s in range(10)]
