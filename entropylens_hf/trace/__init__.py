@@ -12,8 +12,8 @@ from __future__ import annotations
 from ..errors import TraceError
 from .reader import Trace
 from .recovery import recover_trace
-from .shards import ShardedTrace, merge_shards
 from .schema import FORMAT_NAME, SCHEMA_VERSION, SequenceRecord, TraceMetadata
+from .shards import ShardedTrace, merge_shards
 from .writer import TraceWriter
 
 __all__ = ["SCHEMA_VERSION", "FORMAT_NAME", "TraceMetadata", "SequenceRecord", "TraceWriter", "Trace", "TraceError",
