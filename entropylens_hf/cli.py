@@ -12,11 +12,14 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ._version import __version__
 from .errors import EntropyLensError
 from .outputs import check_output
+
+if TYPE_CHECKING:
+    from .distributed import Launch
 
 __all__ = ["main"]
 
@@ -109,14 +112,15 @@ def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[l
     return read_prompts(args.prompts, _parse_labels(args.label)), alphas
 
 
-def _run_folder(text: str, launch) -> Path | None:
+def _run_folder(text: str, launch: "Launch") -> Path | None:
     """The run folder ``--out`` names (one shard file per process inside), or None for a single trace file.
 
-    A folder is meant when the name ends in a slash or is an existing folder; under a launcher
-    with several processes it must be one, since each process needs its own file.
+    A folder is meant when the name ends in a slash, so a folder given by mistake (``--out .``)
+    is never filled with shards; under a launcher with several processes it must be one, since
+    each process needs its own file.
     """
     out = Path(text)
-    if text.endswith(("/", os.sep)) or out.is_dir():
+    if text.endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
             raise EntropyLensError(f"--out {text}: a file, not a folder; give a new folder name for the run")
         if not out.parent.is_dir():
@@ -124,6 +128,9 @@ def _run_folder(text: str, launch) -> Path | None:
         if not os.access(out if out.exists() else out.parent, os.W_OK):
             raise EntropyLensError(f"--out {text}: not writable here; choose another place")
         return out
+    if out.is_dir():
+        raise EntropyLensError(f"--out {text}: is a directory; give a file name, or {text}/ (with the slash) "
+                               "to record into it as a run folder")
     if launch.distributed:
         raise EntropyLensError(
             f"--out {text}: {launch.world_size} processes need a run folder, one shard file each; "
@@ -197,7 +204,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_into_folder(args, folder: Path, where, prompts: list, alphas: list[float], prompt_rows, chat: bool) -> int:
+def _record_into_folder(args: argparse.Namespace, folder: Path, where: "Launch", prompts: list, alphas: list[float],
+                        prompt_rows: bool | str, chat: bool) -> int:
     """This process's share of the prompts into its shard of the run folder; one summary at the end.
 
     Every process reads the folder before any writes to it (a barrier when a process group
@@ -308,8 +316,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if out.resolve().parent == folder.resolve():
         raise EntropyLensError(f"--out {out}: inside the run folder, where it would be read as one more shard; "
                                "write it next to the folder")
-    if out.exists():
-        raise EntropyLensError(f"--out {out}: exists already; merge writes a new file, give another name")
     n = merge_shards(folder, out)
     print(f"merged {n} sequence(s) from {folder} into {out}")
     return 0
