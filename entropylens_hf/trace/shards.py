@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -109,12 +109,11 @@ class ShardedTrace:
                 shard.close()
             raise
 
-    # -- lifecycle
-    def __enter__(self) -> "ShardedTrace":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # Trace's own: they go through len, [], close and the summaries only.
+    __enter__ = Trace.__enter__
+    __exit__ = Trace.__exit__
+    __iter__ = Trace.__iter__
+    to_dataframe = Trace.to_dataframe
 
     def close(self) -> None:
         for shard in self._shards:
@@ -170,10 +169,6 @@ class ShardedTrace:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def __iter__(self) -> Iterator[SequenceRecord]:
-        for i in range(len(self)):
-            yield self[i]
 
     def __getitem__(self, i: int) -> SequenceRecord:
         n = len(self)
@@ -250,8 +245,6 @@ class ShardedTrace:
 
     def file_size(self) -> int:
         return sum(shard.file_size() for shard in self._shards)
-
-    to_dataframe = Trace.to_dataframe  # it reads through the public sequence API only
 
 
 
