@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -56,13 +55,12 @@ def write_order(folder: Path, keys: Iterable[str]) -> None:
     order = list(read_order(folder))
     known = set(order)
     order += [k for k in dict.fromkeys(keys) if k not in known]
-    fd, tmp = tempfile.mkstemp(prefix=ORDER_FILE + ".", suffix=".tmp", dir=folder)
+    tmp = folder / f".{ORDER_FILE}.{os.getpid()}.tmp"  # created with the umask's permissions, unlike mkstemp's 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(k + "\n" for k in order))
+        tmp.write_text("".join(k + "\n" for k in order), encoding="utf-8")
         os.replace(tmp, folder / ORDER_FILE)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
