@@ -1,4 +1,4 @@
-"""The ``entropylens`` command line: record | info | export | demo | view, plus the analyses.
+"""The ``entropylens`` command line: record | merge | info | export | demo | view, plus the analyses.
 
 Every user error is an :class:`EntropyLensError`, printed as one line with exit code 2.
 Heavy imports (torch, transformers) happen inside the commands that need them, so
@@ -12,11 +12,14 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ._version import __version__
 from .errors import EntropyLensError
 from .outputs import check_output
+
+if TYPE_CHECKING:
+    from .distributed import Launch
 
 __all__ = ["main"]
 
@@ -70,8 +73,11 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
-    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders."""
+def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[list, list[float]]:
+    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders.
+
+    ``folder``: the run folder, checked by :func:`_run_folder` (None: ``--out`` is one trace file).
+    """
     for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
                           ("--top-k", args.top_k)):
         if value < 1:
@@ -90,18 +96,47 @@ def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
             torch.device(args.device)
         except RuntimeError:
             raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    out = Path(args.out)
-    check_output("--out", out)
     from .prompts import read_prompts
-    from .trace import Trace
-    from .trace.locking import lock_holder
 
-    busy = lock_holder(out)
-    if busy is not None:
-        raise EntropyLensError(str(busy))
-    if out.exists():
-        Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
+    if folder is None:
+        out = Path(args.out)
+        check_output("--out", out)
+        from .trace import Trace
+        from .trace.locking import lock_holder
+
+        busy = lock_holder(out)
+        if busy is not None:
+            raise EntropyLensError(str(busy))
+        if out.exists():
+            Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
     return read_prompts(args.prompts, _parse_labels(args.label)), alphas
+
+
+def _run_folder(text: str, launch: "Launch") -> Path | None:
+    """The run folder ``--out`` names (one shard file per process inside), or None for a single trace file.
+
+    A folder is meant when the name ends in a slash, so a folder given by mistake (``--out .``)
+    is never filled with shards; under a launcher with several processes it must be one, since
+    each process needs its own file.
+    """
+    out = Path(text)
+    if text.endswith(("/", os.sep)):
+        if out.exists() and not out.is_dir():
+            raise EntropyLensError(f"--out {text}: a file, not a folder; give a new folder name for the run")
+        if not out.parent.is_dir():
+            raise EntropyLensError(f"--out {text}: the folder {out.parent} does not exist")
+        if not os.access(out if out.exists() else out.parent, os.W_OK):
+            raise EntropyLensError(f"--out {text}: not writable here; choose another place")
+        return out
+    if out.is_dir():
+        raise EntropyLensError(f"--out {text}: is a directory; give a file name, or {text}/ (with the slash) "
+                               "to record into it as a run folder")
+    if launch.distributed:
+        raise EntropyLensError(
+            f"--out {text}: {launch.world_size} processes need a run folder, one shard file each; "
+            f"give a folder, e.g. --out {out.with_suffix('')}/"
+        )
+    return None
 
 
 def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: int, *, chat: bool = False) -> None:
@@ -127,19 +162,15 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
             )
 
 
-def cmd_record(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    prompt_rows = _prompt_rows(args)
-    prompts, alphas = _check_record_args(args)
+def _load_lens(args: argparse.Namespace, prompt_rows: bool | str, alphas: list[float], device: str):
+    """The model and an :class:`EntropyLens` on it, as ``record``'s options ask."""
     from transformers import set_seed
 
     from .loading import load_model
-    from .prompts import record_prompts
     from .recorder import EntropyLens
 
     lens_file = _lens_file(args.lens, args.model)
-    _check_trace_lens(out, lens_file)
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    model, tokenizer = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
     tuned = None
@@ -148,18 +179,38 @@ def cmd_record(args: argparse.Namespace) -> int:
 
         tuned = TunedLens.load(lens_file)
     try:
-        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas, record_prompt=prompt_rows,
+        return EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas, record_prompt=prompt_rows,
                            lens_dtype=args.lens_dtype, model_name=args.model, sublayers=args.sublayers, lens=tuned)
     except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel, a lens for another model
         raise
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
+
+
+def _record(lens, prompts: Sequence, out: Path, args: argparse.Namespace, chat: bool, progress: bool) -> tuple[int, int]:
+    from .prompts import record_prompts
+
+    _check_prompt_lengths(prompts, lens.tokenizer, lens.model, args.max_new_tokens, chat=chat)
+    return record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat, progress=progress,
+                          **_generation_kwargs(args))
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .distributed import launch
+
+    where = launch()
+    folder = _run_folder(args.out, where)
+    prompt_rows = _prompt_rows(args)
+    prompts, alphas = _check_record_args(args, folder)
     chat = args.chat or any(p.messages for p in prompts)
-    _check_prompt_lengths(prompts, tokenizer, model, args.max_new_tokens, chat=chat)
-    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat,
-                                       progress=not args.quiet, **_generation_kwargs(args))
+    lens_file = _lens_file(args.lens, args.model)  # checked before any model loads
+    if folder is not None:
+        return _record_into_folder(args, folder, where, prompts, alphas, prompt_rows, chat)
+    _check_trace_lens(Path(args.out), lens_file)
+    lens = _load_lens(args, prompt_rows, alphas, args.device)
+    recorded, skipped = _record(lens, prompts, Path(args.out), args, chat, progress=not args.quiet)
     note = f", skipped {skipped} already in the file" if skipped else ""
-    print(f"recorded {recorded} prompt(s) into {out}{note}")
+    print(f"recorded {recorded} prompt(s) into {args.out}{note}")
     return 0
 
 
@@ -270,6 +321,55 @@ def cmd_train_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_into_folder(args: argparse.Namespace, folder: Path, where: "Launch", prompts: list, alphas: list[float],
+                        prompt_rows: bool | str, chat: bool) -> int:
+    """This process's share of the prompts into its shard of the run folder; one summary at the end.
+
+    Every process reads the folder before any writes to it (a barrier when a process group
+    exists), and loads the model only if its share is not empty.
+    """
+    import dataclasses
+
+    from .distributed import RunGroup, pick_device, prepare_share
+    from .trace.writer import settings_differences
+
+    if chat:
+        prompts = [p.as_chat() for p in prompts]  # the keys a chat prompt is recorded under
+    with RunGroup(where) as group:
+        def check(reference):  # the settings known before loading; all of them once the model is there
+            _refuse_other_settings(folder, settings_differences(reference, dataclasses.replace(
+                reference, model_name=args.model, top_k=args.top_k, renyi_alphas=tuple(alphas))))
+
+        share = prepare_share(folder, prompts, where, check)
+        group.barrier()
+        reference = share.metadata
+        recorded = 0
+        if share.prompts:
+            device = args.device if args.device_map is not None else pick_device(where, args.device)
+            lens = _load_lens(args, prompt_rows, alphas, device)
+            if reference is not None:
+                _refuse_other_settings(folder, settings_differences(reference, lens.metadata()))
+            recorded, _ = _record(lens, share.prompts, share.shard, args, chat,
+                                  progress=not args.quiet and where.rank == 0)
+        counts, met = group.gather(recorded), group.joined
+    if counts is None:
+        return 0
+    if met or not where.distributed:
+        per = f" ({' + '.join(map(str, counts))} by {len(counts)} processes)" if len(counts) > 1 else ""
+        print(f"recorded {sum(counts)} prompt(s) into {folder}/{per}"
+              + (f", skipped {share.skipped} already in the folder" if share.skipped else ""))
+    else:  # no process group to meet in: each process says what it did
+        print(f"rank {where.rank}/{where.world_size}: recorded {recorded} prompt(s) into {share.shard}"
+              + (f", skipped {share.skipped} already in {folder}" if share.skipped else ""))
+    return 0
+
+
+def _refuse_other_settings(folder: Path, differences: list[str]) -> None:
+    if differences:
+        raise EntropyLensError(f"--out {folder}: the run was recorded with other settings ({'; '.join(differences)}); "
+                               "use the same settings to resume it, or record into a new folder")
+
+
 # ---------------------------------------------------------------------- info
 
 
@@ -286,7 +386,7 @@ def summarize(trace) -> str:
     lengths, prompts = trace.sequence_lengths, trace.prompt_lengths
     size = trace.file_size()
     rows = trace.num_rows
-    lens = m.lens_kind + " lens" + (f" ({m.lens['name']}, sha256 {str(m.lens.get('sha256', ''))[:12]})"
+    lens = m.lens_kind + " lens" + (f" {m.lens['name']} (sha256 {str(m.lens.get('sha256', ''))[:16]}...)"
                                      if m.lens.get("name") else "")
     lines = [
         f"trace      {trace.path}  ({size / 1e6:.2f} MB, schema {m.schema_version}, written by entropylens-hf {m.library_version})",
@@ -298,8 +398,9 @@ def summarize(trace) -> str:
         f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
         f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
     ]
-    if m.lens_kind != "logit":
-        lines.append(f"lens       {m.lens_kind} lens {m.lens.get('name', '')} (sha256 {m.lens.get('sha256', '')[:16]}...)")
+    shards = getattr(trace, "shards", None)
+    if shards is not None:
+        lines.insert(1, f"shards     {len(shards)}: {', '.join(p.name for p in shards)}")
     if rows:
         lines.append(f"storage    {size / (rows * m.num_layers):.1f} bytes per token-layer ({rows} rows x {m.num_layers} layers)")
     counts: dict[str, dict[str, int]] = {}
@@ -319,6 +420,22 @@ def summarize(trace) -> str:
         for name, value in zip(m.layer_names, mean):
             lines.append(f"  {name:<{width}}  {value:6.3f}  {'█' * max(1, int(round(30 * value / top)))}")
     return "\n".join(lines)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .trace.shards import merge_shards
+
+    folder, out = Path(args.folder), Path(args.out)
+    if not folder.is_dir():
+        raise EntropyLensError(f"{folder}: not a run folder" + ("; it is one trace file already, nothing to merge"
+                                                                if folder.is_file() else ""))
+    check_output("--out", out)
+    if out.resolve().parent == folder.resolve():
+        raise EntropyLensError(f"--out {out}: inside the run folder, where it would be read as one more shard; "
+                               "write it next to the folder")
+    n = merge_shards(folder, out)
+    print(f"merged {n} sequence(s) from {folder} into {out}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -456,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--chat", action="store_true",
                      help="render each prompt as a user message through the model's chat template "
                           "(implied when a JSONL line gives messages)")
-    rec.add_argument("--out", required=True, help="trace file (.h5); appended to and resumed if it exists")
+    rec.add_argument("--out", required=True,
+                     help="trace file (.h5), or a run folder (RUN/: one shard file per process under torchrun, "
+                          "accelerate or srun); appended to and resumed if it exists")
     rec.add_argument("--max-new-tokens", type=int, default=64)
     rec.add_argument("--top-k", type=int, default=10, help="top-k predictions stored per layer (default 10)")
     rec.add_argument("--batch-size", type=int, default=8)
@@ -510,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", nargs="?", help="model name, e.g. smollm2 (see --list)")
     fetch.add_argument("--list", action="store_true", help="list the models that can be fetched and where they are cached")
     fetch.set_defaults(func=cmd_fetch)
+
+    merge = sub.add_parser("merge", help="write the shards of a run folder into one trace file")
+    merge.add_argument("folder", help="run folder written by `record --out RUN/` (one shard file per process)")
+    merge.add_argument("--out", required=True, help="the trace file to write (.h5); must not exist")
+    merge.set_defaults(func=cmd_merge)
 
     info = sub.add_parser("info", help="summarise a trace")
     info.add_argument("trace")

@@ -131,15 +131,6 @@ class EntropyLens:
         self.model = model
         self.tokenizer = tokenizer
         self.lens = LogitLens.from_model(model, layers=layers, final_norm=final_norm, unembedding=unembedding)
-        self.sublayers = bool(sublayers)
-        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
-        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
-        self._record_kl = True  # benchmarks/overhead.py measures the cost of KL by turning it off
-        self.tuned_lens = lens
-        if lens is not None:
-            lens.check_model(model, self.lens)
-            lens.check_rows(self.layer_kinds)
-            self.lens.translator = lens.to(self.lens.device)
         if not 1 <= top_k <= self.lens.vocab_size:
             raise ValueError(f"top_k must be between 1 and the vocabulary size {self.lens.vocab_size}, got {top_k}")
         self.top_k = int(top_k)
@@ -152,6 +143,15 @@ class EntropyLens:
         self.lens_dtype = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
         self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.sublayers = bool(sublayers)  # a probe forward pass finds the mid points: after cheap checks
+        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
+        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
+        self._record_kl = True  # benchmarks/sublayers_kl.py measures the cost of KL by turning it off
+        self.tuned_lens = lens
+        if lens is not None:
+            lens.check_model(model, self.lens)
+            lens.check_rows(self.layer_kinds)
+            self.lens.translator = lens.to(self.lens.device)
 
     # -- trace metadata
     def metadata(self) -> TraceMetadata:
