@@ -151,6 +151,7 @@ class LogitLens(nn.Module):
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         self.unembedding = unembedding
         self.transforms = tuple(transforms)
+        self.translator: nn.Module | None = None  # a TunedLens, set by EntropyLens(lens=...)
 
     @classmethod
     def from_model(
@@ -212,7 +213,7 @@ class LogitLens(nn.Module):
         the final norm to every row alike; a lens with per-layer translators (the tuned lens)
         applies row ``rows[j]``'s translator to ``residuals[:, j]`` before the norm.
         """
-        return self.normalize(residuals)
+        return self.normalize(self.translate(residuals, list(rows)))
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         for t in self.transforms:
@@ -220,8 +221,21 @@ class LogitLens(nn.Module):
         return z
 
     @torch.no_grad()
+    def translate(self, residuals: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Residuals ``[..., R, d]`` of lens rows ``rows`` (default ``0..R-1``) as this lens reads them before its final norm.
+
+        Why a separate step: a tuned lens maps each row through its own translator, so the
+        row index must be known before rows are flattened; the logit lens leaves them as they are.
+        """
+        return residuals if self.translator is None else self.translator(residuals, rows)
+
+    @torch.no_grad()
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full float32 logits ``[..., V]`` for residuals ``[..., d]``."""
+        """Full float32 logits ``[..., V]`` for residuals ``[..., d]`` (already translated, if at all)."""
+        return self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`project` with gradients to ``hidden`` (for training a tuned lens)."""
         normed = self.normalize(hidden).to(self.device)
         return self._transform(self.unembedding(normed).float())
 

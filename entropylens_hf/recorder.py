@@ -44,6 +44,7 @@ from .metrics import entropy as shannon_entropy
 from .sublayers import lens_rows, resolve_mid_points
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
 from .trace.schema import label_texts
+from .tuned_lens import TunedLens
 
 __all__ = ["EntropyLens", "TraceRecorder", "parse_lens_dtype", "parse_prompt_rows"]
 
@@ -105,6 +106,9 @@ class EntropyLens:
     1.attn, 1.mlp, 2.attn, ...``; blocks whose attention and MLP run in parallel are refused
     with an :class:`UnsupportedModelError`. Every row also records ``kl_final``, the KL
     divergence (nats) of the model's final distribution from the row's.
+    ``lens`` is a :class:`~entropylens_hf.tuned_lens.TunedLens` to record through instead
+    of the logit lens (``TunedLens.load(path)``); one trained for another model, or for
+    other rows (whole layers vs ``sublayers``), is refused.
     """
 
     def __init__(
@@ -122,14 +126,11 @@ class EntropyLens:
         final_norm: torch.nn.Module | None = None,
         unembedding: torch.nn.Module | None = None,
         sublayers: bool = False,
+        lens: TunedLens | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.lens = LogitLens.from_model(model, layers=layers, final_norm=final_norm, unembedding=unembedding)
-        self.sublayers = bool(sublayers)
-        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
-        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
-        self._record_kl = True  # benchmarks/overhead.py measures the cost of KL by turning it off
         if not 1 <= top_k <= self.lens.vocab_size:
             raise ValueError(f"top_k must be between 1 and the vocabulary size {self.lens.vocab_size}, got {top_k}")
         self.top_k = int(top_k)
@@ -142,6 +143,15 @@ class EntropyLens:
         self.lens_dtype = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
         self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.sublayers = bool(sublayers)  # a probe forward pass finds the mid points: after cheap checks
+        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
+        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
+        self._record_kl = True  # benchmarks/sublayers_kl.py measures the cost of KL by turning it off
+        self.tuned_lens = lens
+        if lens is not None:
+            lens.check_model(model, self.lens)
+            lens.check_rows(self.layer_kinds)
+            self.lens.translator = lens.to(self.lens.device)
 
     # -- trace metadata
     def metadata(self) -> TraceMetadata:
@@ -156,6 +166,7 @@ class EntropyLens:
             renyi_alphas=self.renyi_alphas,
             tokenizer_name=getattr(self.tokenizer, "name_or_path", "") or "",
             model_config=cfg.to_diff_dict() if hasattr(cfg, "to_diff_dict") else {},
+            lens=self.tuned_lens.trace_lens() if self.tuned_lens is not None else {"kind": "logit"},
         )
 
     def vocabulary(self) -> list[str]:

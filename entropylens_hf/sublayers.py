@@ -12,8 +12,8 @@ OLMo 2's ``mlp`` itself (its norms only normalise the branch outputs), Bloom's
 Names and module order cannot tell these apart, so the mid point is found from the data flow
 of one short probe forward pass: in every decoder layer it is the first tensor handed to a
 module such that ``m - h`` is the output of a module called before it (the attention branch)
-and ``y - m`` the output of a module called after it (the MLP branch), each possibly times a
-constant (Granite's ``residual_multiplier``). A forward pre-hook on
+and ``y - m`` the output of a module called after it (the MLP branch), up to rounding (each
+times the config's ``residual_multiplier``, for Granite, which scales both branches). A forward pre-hook on
 that module then captures ``m`` during generation. Blocks whose attention and MLP both read
 the layer input (GPT-J, GPT-NeoX with ``use_parallel_residual``, Falcon's parallel
 attention, Phi, Cohere, CodeGen) have no such tensor: ``y = h + A(h) + M(h)`` never passes
@@ -134,10 +134,6 @@ def _probe(model: nn.Module, layers: nn.ModuleList) -> list[_LayerProbe]:
     return probes
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
-    return a.shape == b.shape and bool(((a - b).abs().max() <= tol).item())
-
-
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """A copy as float32 ``[positions, width]`` (OPT flattens batch and positions inside its layers).
 
@@ -147,47 +143,46 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return t.reshape(-1, width) if t.dim() >= 2 and t.shape[-1] == width else t
 
 
-def _scaled(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
-    """``a == c * b`` for a nonzero constant ``c`` (Granite scales each branch by ``residual_multiplier``)."""
+def _explains(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    """``b`` is ``a`` up to rounding: within ``tol`` (L2), and closer than half of ``a`` itself."""
     if a.shape != b.shape:
         return False
-    norm = float((b * b).sum())
-    c = float((a * b).sum()) / norm if norm > 0 else 0.0
-    return abs(c) > 1e-6 and _close(a, c * b, tol)
+    error = float(torch.linalg.vector_norm(a - b))
+    return error <= tol and error <= 0.5 * float(torch.linalg.vector_norm(a))
 
 
-def _nonzero(t: torch.Tensor, tol: float) -> bool:
-    return bool((t.abs().max() > tol).item())
-
-
-def _find_mid(probe: _LayerProbe, tol_factor: float) -> str | None:
+def _find_mid(probe: _LayerProbe, eps: float, multiplier: float) -> str | None:
     h, y = probe.layer_input, probe.layer_output
     if h is None or y is None:
         return None
     calls: dict[str, int] = {}
     for _, path, _ in probe.inputs:
         calls[path] = calls.get(path, 0) + 1
+    norm = torch.linalg.vector_norm
     for order, path, m in probe.inputs:
         if m.shape != h.shape or calls[path] != 1:
             continue
-        tol = tol_factor * float(torch.stack([h.abs().max(), m.abs().max(), y.abs().max()]).max())
+        # Each residual add rounds every element by at most eps/2 of its size: 4x margin. A step
+        # can be far smaller than that bound (bfloat16 residuals with outliers of 2e4), so a match
+        # must also explain most of the step itself (_explains).
+        tol = 2 * eps * float(norm(h) + norm(m) + norm(y))
         attention, mlp = m - h, y - m
-        if not (_nonzero(attention, tol) and _nonzero(mlp, tol)):
-            continue
-        before = any(o < order and _scaled(attention, t, tol) for o, t in probe.outputs)
-        if before and any(o > order and _scaled(mlp, t, tol) for o, t in probe.outputs):
+        if not (bool(attention.any()) and bool(mlp.any())):
+            continue  # no step at all (e.g. m is the layer input itself)
+        before = any(o < order and _explains(attention, multiplier * t, tol) for o, t in probe.outputs)
+        if before and any(o > order and _explains(mlp, multiplier * t, tol) for o, t in probe.outputs):
             return path
     return None
 
 
-def _parallel_reason(probe: _LayerProbe, tol_factor: float) -> str:
+def _parallel_reason(probe: _LayerProbe, eps: float) -> str:
     """Why the layer has no mid point, in words, from what the probe saw."""
     h, y = probe.layer_input, probe.layer_output
     if h is not None and y is not None:
         delta = y - h
-        tol = tol_factor * float(torch.maximum(h.abs().max(), y.abs().max()))
-        outs = [t for _, t in probe.outputs if t.shape == h.shape and _nonzero(t, tol)]
-        if any(_close(delta, a + b, tol) for i, a in enumerate(outs) for b in outs[i + 1 :]):
+        tol = 2 * eps * float(torch.linalg.vector_norm(h) + torch.linalg.vector_norm(y))
+        outs = [t for _, t in probe.outputs if t.shape == h.shape and float(torch.linalg.vector_norm(t)) > tol]
+        if any(_explains(delta, a + b, tol) for i, a in enumerate(outs) for b in outs[i + 1 :]):
             return (
                 "its attention and MLP run in parallel off the same input (the layer returns "
                 "h + attention(h) + mlp(h)), so the residual stream never holds h + attention(h)"
@@ -203,14 +198,16 @@ def resolve_mid_points(model: nn.Module, layers: nn.ModuleList) -> list[MidPoint
     attention and MLP), naming the layer and the reason.
     """
     weight = next(model.parameters())
-    tol_factor = 16 * torch.finfo(weight.dtype).eps if weight.is_floating_point() else 1e-5
+    eps = torch.finfo(weight.dtype).eps if weight.is_floating_point() else torch.finfo(torch.float32).eps
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    multiplier = float(getattr(config, "residual_multiplier", None) or 1.0)  # Granite scales both branches
     points = []
     for index, probe in enumerate(_probe(model, layers)):
-        path = _find_mid(probe, tol_factor)
+        path = _find_mid(probe, eps, multiplier)
         if path is None:
             raise UnsupportedModelError(
                 f"{type(model).__name__}: no residual between attention and MLP in decoder layer {index} "
-                f"({type(layers[index]).__name__}): {_parallel_reason(probe, tol_factor)}; "
+                f"({type(layers[index]).__name__}): {_parallel_reason(probe, eps)}; "
                 "record it with sublayers=False (whole layers only)"
             )
         points.append(MidPoint(index, path, layers[index].get_submodule(path)))

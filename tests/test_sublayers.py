@@ -115,3 +115,12 @@ def test_whole_layer_rows_of_a_sublayer_recording_equal_a_plain_recording(family
         np.testing.assert_array_equal(a.topk_ids[:, whole, 0], b.topk_ids[:, :, 0])
         np.testing.assert_allclose(a.kl_final[:, whole], b.kl_final, rtol=1e-4, atol=1e-6)
         assert not np.allclose(a.entropy[:, 1::2], a.entropy[:, 2::2])  # the mid rows are rows of their own
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "olmo2", "bloom"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models_resolve_the_same_mid_points(family, dtype):
+    model = tiny_model(family)
+    expected = [p.path for p in resolve_mid_points(model, resolve_decoder_layers(model))]
+    model = model.to(dtype)
+    assert [p.path for p in resolve_mid_points(model, resolve_decoder_layers(model))] == expected

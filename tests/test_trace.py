@@ -94,7 +94,7 @@ def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path)
         (lambda p: None, "no such trace file"),
         (lambda p: p.write_text("hello"), "not an HDF5 file"),
         (lambda p: h5py.File(p, "w").close(), "not an entropylens trace"),
-        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.mkdir(), "a folder without trace shards"),  # a folder is read as a run of shards
     ],
 )
 def test_bad_paths_give_one_clear_line(tmp_path, make, message):

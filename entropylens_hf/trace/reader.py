@@ -62,8 +62,14 @@ class Trace:
         """Open a trace for reading; raises :class:`TraceError` with one clear line on bad input.
 
         ``partial=True`` also shows sequences that are not complete (see the class docstring).
+        A folder is read as a run of shard files (one per process of a data-parallel
+        recording): a :class:`~entropylens_hf.trace.shards.ShardedTrace`, with this same API.
         """
         path = Path(path)
+        if path.is_dir():
+            from .shards import ShardedTrace
+
+            return ShardedTrace.open(path, partial=partial)
         try:
             f = _open_h5(path, "r")
         except _UncleanFile as exc:  # only for non-SWMR writers; say what happened

@@ -315,7 +315,8 @@ class MainWindow(QtWidgets.QMainWindow):
 def main(argv: Sequence[str] | None = None) -> int:
     """``entropylens-view [TRACE ...]``: open the viewer; returns the exit code."""
     parser = argparse.ArgumentParser(prog="entropylens-view", description="Replay entropylens traces layer by layer.")
-    parser.add_argument("traces", nargs="*", help="trace files (.h5) to open")
+    parser.add_argument("traces", nargs="*",
+                        help="trace files (.h5) or run folders (RUN/, one shard file per process) to open")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0]])
     window = MainWindow()
