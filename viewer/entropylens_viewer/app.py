@@ -91,7 +91,7 @@ class MainWindow(QtWidgets.QMainWindow):
         compare_panel = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         compare_panel.addWidget(self.compare)
         compare_panel.addWidget(self.prompt_compare)
-        compare_panel.setSizes([400, 550])
+        compare_panel.setSizes([450, 500])
         self.tabs.addTab(compare_panel, "compare traces")
         top = QtWidgets.QWidget()
         top_layout = QtWidgets.QVBoxLayout(top)

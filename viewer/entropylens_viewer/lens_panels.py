@@ -159,9 +159,10 @@ class PromptComparePlot(RedrawWhenShown, pg.GraphicsLayoutWidget):
         self.kl_plot = self.addPlot(row=1, col=1)
         self.kl_plot.setLabel("left", "KL to final (nats)")
         self.kl_plot.setXLink(self.entropy_plot)
-        # One legend for both plots, in the KL plot's empty top right (KL falls to 0 at the last layer).
-        self.legend = pg.LegendItem(offset=(-10, 10), labelTextSize="8pt")
-        self.note_label = self.addLabel("", row=2, col=0, colspan=2, size="9pt", color=NOTE_COLOUR)
+        # One legend for both plots, in a row of its own: trace names with lens details are long.
+        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6)
+        self.addItem(self.legend, row=2, col=0, colspan=2)
+        self.note_label = self.addLabel("", row=3, col=0, colspan=2, size="9pt", color=NOTE_COLOUR)
         self._entropy_pool: list[pg.PlotDataItem] = []
         self._kl_pool: list[pg.PlotDataItem] = []
         self.curves: list[pg.PlotDataItem] = []  # the shown ones, in legend order
@@ -209,7 +210,6 @@ class PromptComparePlot(RedrawWhenShown, pg.GraphicsLayoutWidget):
             self.legend.clear()
             for curve in self.curves:
                 self.legend.addItem(curve, curve.name())
-        self.legend.setParentItem((self.kl_plot if self.kl_curves else self.entropy_plot).getViewBox())
         for plot in (self.entropy_plot, self.kl_plot):
             if same_depth:
                 depth = max((int(p.depths[-1]) for p in comparison.profiles if p.entropy is not None), default=0)
