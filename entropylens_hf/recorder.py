@@ -34,11 +34,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .capture import ResidualCapture
 from .errors import EntropyLensError, UnsupportedGenerationError
 from .lens import LogitLens
+from .live import DEFAULT_LIVE_INTERVAL, LiveRecording, max_new_tokens
 from .metrics import LensStatistics
 from .metrics import entropy as shannon_entropy
 from .sublayers import lens_rows, resolve_mid_points
@@ -169,6 +170,13 @@ class EntropyLens:
             lens=self.tuned_lens.trace_lens() if self.tuned_lens is not None else {"kind": "logit"},
         )
 
+    def _token_bytes(self) -> int:
+        """Bytes of the longest token text (+ slack): the text room a live sequence reserves per token."""
+        if getattr(self, "_max_token_bytes", None) is None:
+            texts = self.vocabulary() or [f"<{self.lens.vocab_size}>"]
+            self._max_token_bytes = max(len(t.encode("utf-8")) for t in texts) + 8
+        return self._max_token_bytes
+
     def vocabulary(self) -> list[str]:
         """Decoded text of every token id the lens can predict (stored once per trace file)."""
         if self.tokenizer is None:
@@ -179,18 +187,26 @@ class EntropyLens:
 
     # -- recording
     @contextlib.contextmanager
-    def record(self, path: str | os.PathLike | None = None, *, labels: Labels | None = None) -> Iterator["TraceRecorder"]:
+    def record(self, path: str | os.PathLike | None = None, *, labels: Labels | None = None, live: bool = False,
+               live_interval: float = DEFAULT_LIVE_INTERVAL) -> Iterator["TraceRecorder"]:
         """Record every ``model.generate`` call in the block; write to ``path`` if given.
 
         Each finished call is written and flushed at once, so an interrupted run keeps
         every call completed before it. ``labels`` are attached to every sequence.
+        ``live=True`` also writes each call's rows while it runs (:mod:`.live`): at block
+        boundaries and at least every ``live_interval`` seconds; readers see the sequences
+        grow with ``Trace.open(path, partial=True)`` and complete ones as usual.
         """
         labels = label_texts(labels or {})  # refused before the file is opened
+        if live and path is None:
+            raise ValueError("live=True writes into a trace file: give lens.record(path, live=True)")
+        if live and not live_interval >= 0:
+            raise ValueError(f"live_interval must be >= 0 seconds, got {live_interval}")
         writer = None
         if path is not None:
             vocabulary = None if Path(path).exists() else self.vocabulary()
             writer = TraceWriter(path, self.metadata(), vocabulary=vocabulary)
-        recorder = TraceRecorder(self, writer, dict(labels or {}))
+        recorder = TraceRecorder(self, writer, dict(labels or {}), live_interval=live_interval if live else None)
         model = self.model
         had_own_generate = "generate" in model.__dict__
         original = model.generate
@@ -304,9 +320,13 @@ class TraceRecorder(LogitsProcessor):
     assisted / prompt-lookup decoding, contrastive search, DoLa, chunked prefill.
     """
 
-    def __init__(self, lens: EntropyLens, writer: TraceWriter | None, labels: dict[str, Any]):
+    def __init__(self, lens: EntropyLens, writer: TraceWriter | None, labels: dict[str, Any],
+                 live_interval: float | None = None):
         self.lens = lens
         self.writer = writer
+        self.live_interval = live_interval  # None: not live
+        self._live: LiveRecording | None = None
+        self._stop = False
         self.labels = label_texts(labels)
         # Kept in memory only without a trace file; with one, the file holds them.
         self.records: list[SequenceRecord] = []
@@ -326,6 +346,19 @@ class TraceRecorder(LogitsProcessor):
         a rendered chat template whole).
         """
         self._next_labels, self._next_keys, self._next_prompt_texts = labels, keys, prompt_texts
+
+    def stop(self) -> None:
+        """End the running ``generate`` call after its current step (safe from a signal handler).
+
+        Its sequences are kept up to that step and stored as abandoned (status 2,
+        ``complete=False``): a chat's Ctrl-C. The next call runs normally.
+        """
+        self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        """True between :meth:`stop` and the end of the call it stops."""
+        return self._stop
 
     # ------------------------------------------------------------------ generate wrapper
     def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -374,12 +407,28 @@ class TraceRecorder(LogitsProcessor):
         if not any(p is self for p in processors):
             processors.append(self)
         kwargs["logits_processor"] = processors
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _StopWhenAsked(self)])
+        self._stop = False
+        if self.live_interval is not None and self.writer is not None:
+            self._live = LiveRecording(self, self.live_interval, max_new_tokens(model, kwargs, input_ids.shape[1]),
+                                       self.lens._token_bytes())
         try:
             output = original(*args, **kwargs)
             records = self._finish(output)
+        except BaseException:
+            if self._live is not None:
+                self._live.abandon()
+            raise
         finally:
             self._state = None
-        if self.writer is not None:
+            live, self._live = self._live, None
+        if self._stop:
+            records = [replace(r, complete=False) for r in records]
+        self._stop = False
+        if live is not None:
+            indices = live.finish(records)
+            records = [replace(r, index=i) for r, i in zip(records, indices)]
+        elif self.writer is not None:
             indices = self.writer.write(records)
             records = [replace(r, index=i) for r, i in zip(records, indices)]
         else:
@@ -457,6 +506,8 @@ class TraceRecorder(LogitsProcessor):
         state.step_alive.append(state.alive)
         state.step_entropy.append(shannon_entropy(scores))
         state.step += 1
+        if self._live is not None:
+            self._live.step(state)
         return scores
 
     def _start(self, state: _CallState, capture: ResidualCapture) -> None:
@@ -586,15 +637,19 @@ class TraceRecorder(LogitsProcessor):
             )
         self._resolve_pending(state, sequences[:, -1])
         self._flush(state)
-        # The only wait for the device in a call: everything comes to the host once.
-        generating = torch.stack(state.step_alive, 1).cpu().numpy()  # [batch, steps]
-        chosen = torch.stack(state.step_tokens, 1).cpu().numpy()
+        return self._records(state)
+
+    def _records(self, state: _CallState) -> list[SequenceRecord]:
+        """The call's sequences up to their last resolved row: whole at the end of the call, in part while it runs (live)."""
+        # The only wait for the device in a call (unless live): everything comes to the host once.
+        batch = state.input_ids.shape[0]
+        chosen = torch.stack(state.step_tokens, 1).cpu().numpy() if state.step_tokens else np.zeros((batch, 0), np.int64)
         out_entropy = torch.stack(state.step_entropy, 1).float().cpu().numpy()
         rows = _rows_by_sequence([blk.arrays() for blk in state.blocks], state.input_ids.shape[0])
         tokenizer = self.lens.tokenizer
         records = []
         for b, arrays in enumerate(rows):
-            n_generated = int(generating[b].sum())  # a sequence stops generating for good at EOS
+            n_generated = len(arrays["entropy"]) - state.prompt_rows[b]  # rows stop for good at EOS
             prompt = state.input_ids[b][state.attention_mask[b].bool()].tolist()
             token_ids = prompt + chosen[b, :n_generated].tolist()
             records.append(
@@ -620,6 +675,16 @@ class TraceRecorder(LogitsProcessor):
                 )
             )
         return records
+
+
+class _StopWhenAsked(StoppingCriteria):
+    """Ends generation once :meth:`TraceRecorder.stop` was called (checked after every step)."""
+
+    def __init__(self, recorder: TraceRecorder):
+        self.recorder = recorder
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.recorder._stop, dtype=torch.bool, device=input_ids.device)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -20,6 +20,7 @@ from .schema import (
     _first_line,
     _read_metadata,
 )
+from .locking import lock_holder
 from .storage import _open_h5, _read_string_column, _UncleanFile
 
 _SHAPE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
@@ -170,10 +171,12 @@ class Trace:
                     ds.refresh()
 
     def refresh(self) -> int:
-        """Pick up sequences completed since opening (or the last refresh); returns how many are new.
+        """Pick up sequences added since opening (or the last refresh); returns how many are new.
 
-        If the file at ``path`` was replaced (a writer recovered it after a crash), the new
-        file is opened in its place.
+        Also picks up what changed in place: the rows of sequences being written (live
+        recording), and sequences that became complete (which appear in a default view) or
+        abandoned. If the file at ``path`` was replaced (a writer recovered it after a
+        crash), the new file is opened in its place.
         """
         before = len(self)
         if _identity(self.path) != self._identity:
@@ -183,7 +186,7 @@ class Trace:
         return len(self) - before
 
     def _reopen(self) -> None:
-        fresh = Trace.open(self.path)
+        fresh = Trace.open(self.path, partial=self.partial)
         self.close()
         self.__dict__.update(fresh.__dict__)
         fresh._file = None
@@ -212,6 +215,11 @@ class Trace:
         nt = int(self._index["token_count"][at])
         r0 = int(self._index["row_start"][at])
         nr = int(self._index["row_count"][at])
+        status = self._index.get("status")
+        complete = status is None or int(status[at]) == STATUS_COMPLETE
+        if not complete and isinstance(meta.get("first_target"), int):
+            # A live sequence: its row count is the one that moves last (see .live).
+            nt = meta["first_target"] + nr
         arrays: dict[str, Any] = {}
         for field, part, start, count in (
             ("token_ids", "tokens/id", t0, nt), ("entropy", "rows/entropy", r0, nr),
@@ -229,7 +237,6 @@ class Trace:
             texts = tuple(_read_string_column(self._file["tokens"], "text", t0, t0 + nt))
         if not self._version_2:
             arrays["kl_final"] = np.full(arrays["entropy"].shape, np.nan, np.float32)
-        status = self._index.get("status")
         return SequenceRecord(
             **arrays,
             token_texts=texts,
@@ -240,7 +247,7 @@ class Trace:
             key=meta.get("key", ""),
             run=int(self._index["run"][at]),
             index=i,
-            complete=status is None or int(status[at]) == STATUS_COMPLETE,
+            complete=complete,
         )
 
     @property
@@ -285,6 +292,23 @@ class Trace:
                 n = int(self._index["token_start"].shape[0])
                 self._mean_profiles = self._file["sequences/mean_profile"][:n][self._shown]
         return self._mean_profiles.copy()
+
+    @property
+    def row_counts(self) -> np.ndarray:
+        """Rows of every sequence (of an in-progress one: rows written so far)."""
+        return self._column("row_count")
+
+    @property
+    def statuses(self) -> np.ndarray:
+        """``int8`` status of every sequence: 1 complete, 0 being written, 2 abandoned (see :attr:`partial`)."""
+        status = self._index.get("status")
+        return np.ones(len(self), np.int8) if status is None else status[self._shown]
+
+    @property
+    def being_written(self) -> bool:
+        """Whether a writer holds the file now; in-progress sequences of a writer that is gone
+        (killed) stay at status 0 until the next writer recovers the file, which marks them 2."""
+        return lock_holder(self.path) is not None
 
     @property
     def mean_entropies(self) -> np.ndarray:

@@ -15,9 +15,11 @@ from .writer import TraceWriter
 def recover_trace(path: str | os.PathLike) -> int:
     """Rewrite a trace left open by a killed writer, keeping its complete sequences.
 
-    Returns how many sequences were kept. Partial rows written after the last complete
-    sequence are dropped, and so are sequences that cannot be read (damaged). The original
-    is replaced atomically. Refused while a live writer holds the file.
+    Returns how many sequences were kept. Sequences the writer was still writing live
+    (status 0) are kept as abandoned (status 2) with every row flushed before the kill;
+    one with no row yet is dropped. Rows written after the last index entry are dropped, and
+    so are sequences that cannot be read (damaged). The original is replaced atomically.
+    Refused while a live writer holds the file.
     """
     path = Path(path)
     lock = WriterLock(path)
@@ -30,14 +32,16 @@ def recover_trace(path: str | os.PathLike) -> int:
 
 def _recover(path: Path) -> int:
     """:func:`recover_trace` for a caller that holds the writer lock."""
-    with Trace.open(path) as src:
+    with Trace.open(path, partial=True) as src:
         meta = src.metadata
         records = []
         for i in range(len(src)):
             try:
-                records.append(src[i])
+                record = src[i]
             except TraceError:
                 continue
+            if record.n_rows:  # an in-progress sequence reads complete=False: written as abandoned
+                records.append(record)
         runs = src.runs()
         vocabulary = src.vocabulary
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".recover", dir=path.parent)

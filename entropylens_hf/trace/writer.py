@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -17,6 +17,7 @@ from .schema import (
     _INDEX_DTYPES,
     _ROW_CHUNK,
     SCHEMA_VERSION,
+    STATUS_ABANDONED,
     STATUS_COMPLETE,
     SequenceRecord,
     LOGIT_LENS,
@@ -40,6 +41,10 @@ from .storage import (
     write_error,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .live import LiveBatch
+
+
 class TraceWriter:
     """Append sequences to a trace file; every :meth:`write` is committed and flushed.
 
@@ -55,6 +60,7 @@ class TraceWriter:
         self._file: h5py.File | None = None
         self._space: SpaceReservation | None = None
         self._failed: TraceError | None = None
+        self._live: "LiveBatch | None" = None
         if not self.path.parent.is_dir():
             raise TraceError(f"{self.path}: the folder {self.path.parent} does not exist")
         # The lock comes before anything else: a live writer's file is never touched, and a
@@ -80,8 +86,13 @@ class TraceWriter:
         self.close()
 
     def close(self) -> None:
-        """Flush and close the file, then release the lock (safe to call twice)."""
+        """Flush and close the file, then release the lock (safe to call twice).
+
+        Live sequences still open are marked abandoned first (status 2, their rows kept).
+        """
         try:
+            if self._live is not None:
+                self._live.abandon()
             if self._file is not None and self._file.id.valid:
                 if self._failed is None:
                     self._file.flush()
@@ -122,7 +133,10 @@ class TraceWriter:
         return run
 
     def write(self, records: Sequence[SequenceRecord]) -> list[int]:
-        """Append complete sequences and flush; returns their indices in the file.
+        """Append whole sequences and flush; returns their indices in the file.
+
+        A record with ``complete=False`` (an interrupted or recovered one) is stored as
+        abandoned (status 2), which readers show only with ``partial=True``.
 
         Disk space for the whole batch is reserved first: a batch that does not fit raises
         :class:`TraceError` ("no space left on device writing ...") before the file is
@@ -131,6 +145,8 @@ class TraceWriter:
         if not records:
             return []
         f = self._writable()
+        if self._live is not None:
+            raise TraceError(f"{self.path}: live sequences are being written; finish or abandon them before write()")
         L, k, A = self.metadata.num_layers, self.metadata.top_k, len(self.metadata.renyi_alphas)
         for r in records:
             self._check_record(r, L, k, A)
@@ -138,22 +154,10 @@ class TraceWriter:
         tokens, rows, seqs = f["tokens"], f["rows"], f["sequences"]
         token_base = int(tokens["id"].shape[0])
         row_base = int(rows["entropy"].shape[0])
-        data = {
-            "id": np.concatenate([r.token_ids for r in records]).astype(np.int32),
-            "entropy": np.concatenate([r.entropy for r in records]).astype(np.float32),
-            "topk_id": np.concatenate([r.topk_ids for r in records]).astype(np.int32),
-            "topk_prob": np.concatenate([r.topk_probs for r in records]).astype(np.float32),
-            "target_prob": np.concatenate([r.target_prob for r in records]).astype(np.float32),
-            "target_rank": np.concatenate([r.target_rank for r in records]).astype(np.int32),
-            "output_entropy": np.concatenate([r.output_entropy for r in records]).astype(np.float32),
-            "renyi": np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32),
-            "kl_final": np.concatenate([_kl_final(r, L) for r in records]).astype(np.float32),
-        }
+        data = {"id": np.concatenate([r.token_ids for r in records]).astype(np.int32),
+                **_row_data(records, L, A)}
         texts = [t for r in records for t in r.token_texts]
-        metas = [
-            json.dumps({"prompt_text": r.prompt_text, "labels": dict(r.labels), "key": r.key}, ensure_ascii=False)
-            for r in records
-        ]
+        metas = [_sequence_meta(r) for r in records]
         new_bytes = sum(a.nbytes for a in data.values()) + sum(len(t.encode()) + 8 for t in texts + metas)
         new_bytes += len(records) * (L * 4 + 64)
         touched = [*tokens.values(), *rows.values(), *seqs.values()]
@@ -172,20 +176,26 @@ class TraceWriter:
                 row_starts.append(rw)
                 t += len(r.token_ids)
                 rw += r.n_rows
-            first_index = int(seqs["token_start"].shape[0])
-            _append(seqs["token_start"], np.asarray(token_starts, dtype=np.int64))
-            _append(seqs["token_count"], np.asarray([len(r.token_ids) for r in records], dtype=np.int32))
-            _append(seqs["prompt_length"], np.asarray([r.prompt_length for r in records], dtype=np.int32))
-            _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
-            _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
-            _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
-            profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
-            _append(seqs["mean_profile"], profiles)
-            _append(seqs["mean_entropy"], profiles.mean(axis=1))
-            _append(seqs["status"], np.full(len(records), STATUS_COMPLETE, dtype=np.int8))
-            _append_strings(seqs, "meta", metas)
+            statuses = [STATUS_COMPLETE if r.complete else STATUS_ABANDONED for r in records]
+            first_index = _append_index(seqs, records, token_starts, row_starts, statuses, metas)
             f.flush()
         return list(range(first_index, first_index + len(records)))
+
+    def begin_live(self, records: Sequence[SequenceRecord], *, extra: int, token_bytes: int) -> "LiveBatch":
+        """Append sequences that are still being generated (status 0); they grow in place.
+
+        ``records`` hold what is known when the call starts (the prompt and its rows); each
+        gets room for ``extra`` more rows and tokens, ``token_bytes`` bytes of text per token at
+        most. Returns the :class:`~.live.LiveBatch` that grows, finishes or abandons them. One
+        live batch at a time, and no :meth:`write` while it is open: in-progress sequences stay
+        at the tail of the index, so complete ones never change places.
+        """
+        from .live import LiveBatch
+
+        if self._live is not None:
+            raise TraceError(f"{self.path}: a live batch is already open; finish or abandon it first")
+        self._live = LiveBatch(self, records, extra, token_bytes)
+        return self._live
 
     @contextlib.contextmanager
     def _committing(self, datasets: Sequence[h5py.Dataset], new_bytes: int) -> Iterator[None]:
@@ -363,8 +373,48 @@ def _kl_final(r: SequenceRecord, L: int) -> np.ndarray:
     return np.full((r.n_rows, L), np.nan, np.float32) if r.kl_final is None else np.asarray(r.kl_final)
 
 
+def _row_data(records: Sequence[SequenceRecord], L: int, A: int) -> dict[str, np.ndarray]:
+    """The per-row columns of ``records``, concatenated, as stored under ``/rows``."""
+    return {
+        "entropy": np.concatenate([r.entropy for r in records]).astype(np.float32),
+        "topk_id": np.concatenate([r.topk_ids for r in records]).astype(np.int32),
+        "topk_prob": np.concatenate([r.topk_probs for r in records]).astype(np.float32),
+        "target_prob": np.concatenate([r.target_prob for r in records]).astype(np.float32),
+        "target_rank": np.concatenate([r.target_rank for r in records]).astype(np.int32),
+        "output_entropy": np.concatenate([r.output_entropy for r in records]).astype(np.float32),
+        "renyi": np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32),
+        "kl_final": np.concatenate([_kl_final(r, L) for r in records]).astype(np.float32),
+    }
+
+
+def _sequence_meta(r: SequenceRecord, **extra: Any) -> str:
+    return json.dumps({"prompt_text": r.prompt_text, "labels": dict(r.labels), "key": r.key, **extra},
+                      ensure_ascii=False)
+
+
+def _append_index(seqs: h5py.Group, records: Sequence[SequenceRecord], token_starts: Sequence[int],
+                  row_starts: Sequence[int], statuses: Sequence[int], metas: Sequence[str]) -> int:
+    """Append the index entries of ``records``; returns the first one's index. The metadata goes
+    last: readers count an entry only once it is there."""
+    first_index = int(seqs["token_start"].shape[0])
+    _append(seqs["token_start"], np.asarray(token_starts, dtype=np.int64))
+    _append(seqs["token_count"], np.asarray([len(r.token_ids) for r in records], dtype=np.int32))
+    _append(seqs["prompt_length"], np.asarray([r.prompt_length for r in records], dtype=np.int32))
+    _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
+    _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
+    _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
+    profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
+    _append(seqs["mean_profile"], profiles)
+    _append(seqs["mean_entropy"], profiles.mean(axis=1))
+    _append(seqs["status"], np.asarray(statuses, dtype=np.int8))
+    _append_strings(seqs, "meta", metas)
+    return first_index
+
+
 def _mean_generated_profile(r: SequenceRecord) -> np.ndarray:
-    """Mean entropy per layer over generated rows (over all rows if none was generated)."""
+    """Mean entropy per layer over generated rows (over all rows if none was generated; NaN without rows)."""
     gen = r.entropy[r.is_generated]
-    return gen.mean(axis=0) if len(gen) else r.entropy.mean(axis=0)
+    if len(gen):
+        return gen.mean(axis=0)
+    return r.entropy.mean(axis=0) if r.n_rows else np.full(r.entropy.shape[1], np.nan, np.float32)
 

@@ -31,7 +31,7 @@ __all__ = ["MainWindow", "main"]
 
 RECENT_KEY = "recent_files"
 MAX_RECENT = 8
-LIVE_REFRESH_MS = 1000
+LIVE_REFRESH_MS = 500  # a row resolved by a live writer shows within about this (+ the writer's own interval)
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -121,6 +121,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state.sequence_changed.connect(self._render_status)
         self.state.problem.connect(lambda message: QtWidgets.QMessageBox.warning(self, "Damaged trace", message))
         self.state.row_changed.connect(self._render_status)
+        self.state.sequence_grew.connect(self._render_status)
         self.live_timer = QtCore.QTimer(self, interval=LIVE_REFRESH_MS)
         self.live_timer.timeout.connect(self.refresh_live)
         self.live_timer.start()
@@ -206,7 +207,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.open_path(url.toLocalFile())
 
     def refresh_live(self) -> int:
-        """Show sequences completed since the last look (files still being recorded)."""
+        """Show what changed in files still being recorded: new sequences, and rows of growing ones."""
         try:
             return self.state.refresh()
         except Exception as exc:  # a file that vanished or broke while followed
@@ -257,6 +258,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.status.clearMessage()
             return
         text = f"sequence {seq.index}: {seq.n_rows} tokens predicted ({seq.n_generated} generated)"
+        if self.state.in_progress:
+            text += ", still being written"
+        elif not seq.complete:
+            text += ", not finished (stopped or interrupted)"
         if self.state.row is not None:
             text += f"; selected {visible_token(seq.token_texts[seq.first_target + self.state.row])!r}"
         self.status.showMessage(text)
@@ -317,9 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="entropylens-view", description="Replay entropylens traces layer by layer.")
     parser.add_argument("traces", nargs="*",
                         help="trace files (.h5) or run folders (RUN/, one shard file per process) to open")
+    parser.add_argument("--follow", action="store_true",
+                        help="show each new sequence as soon as it appears (e.g. a chat being recorded)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([sys.argv[0]])
     window = MainWindow()
+    window.state.follow = args.follow
     for path in args.traces:
         window.open_path(path)
     window.show()

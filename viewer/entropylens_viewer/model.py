@@ -78,6 +78,14 @@ class OpenTrace:
             text = self._vocab.get(int(token_id))
         return visible_token(text) if text is not None else f"#{int(token_id)}"
 
+    def forget(self, index: int) -> None:
+        """Drop a cached sequence (it grew in the file)."""
+        self._cache.pop(index, None)
+
+    def in_progress(self, index: int) -> bool:
+        """True while the sequence is still being written by a live writer (not a killed one)."""
+        return int(self.trace.statuses[index]) == 0 and self.trace.being_written
+
     def close(self) -> None:
         self.trace.close()
 
@@ -100,8 +108,11 @@ class ViewerState:
         self.speed = 4.0  # layers per second
         self.text_filter = ""
         self.label_filter: tuple[str, str] | None = None
+        self.follow = False  # jump to each new sequence as it appears (a chat being recorded)
         self.traces_changed = Signal()
         self.sequences_changed = Signal()  # the visible list (filter, new sequences)
+        self.sequences_updated = Signal()  # sequences grew or completed in place (live recording)
+        self.sequence_grew = Signal()  # the current sequence has new rows or was completed; row and layer stay
         self.sequence_changed = Signal()
         self.row_changed = Signal()
         self.layer_changed = Signal()
@@ -116,7 +127,7 @@ class ViewerState:
             if t.path.resolve() == path.resolve():
                 self.set_current_trace(i)
                 return t
-        trace = Trace.open(path)
+        trace = Trace.open(path, partial=True)  # sequences still being written are shown, marked
         try:
             trace.mean_profiles  # read at once by the aggregate views: refuse a file where they are damaged
         except TraceError:
@@ -157,16 +168,38 @@ class ViewerState:
         return np.asarray(self.trace.trace.metadata.depths, dtype=float) if self.trace else np.zeros(0)
 
     def refresh(self) -> int:
-        """Pick up sequences completed since the last look, in every open trace (live following)."""
+        """Pick up what changed in every open trace since the last look (live following).
+
+        New sequences reload the list (with :attr:`follow`, the newest is selected);
+        sequences that grew or completed in place only update it, and the current one
+        emits :attr:`sequence_grew`, so the selected token, replay layer and zoom stay.
+        Nothing is emitted when nothing changed. Returns the number of new sequences.
+        """
         new = 0
         for i, t in enumerate(self.traces):
+            counts, statuses = t.trace.row_counts, t.trace.statuses
             added = t.trace.refresh()
             new += added
-            if added and i == self.current:
+            shared = len(counts)
+            changed = np.flatnonzero((t.trace.row_counts[:shared] != counts) | (t.trace.statuses[:shared] != statuses))
+            for index in changed:
+                t.forget(int(index))
+            if i != self.current:
+                continue
+            if added:
                 self.sequences_changed.emit()
-                if self.sequence_index is None:
-                    self.select_sequence(0)
+                if self.follow or self.sequence_index is None:
+                    self.select_sequence(len(t.trace) - 1 if self.follow else 0)
+            elif len(changed):
+                self.sequences_updated.emit()
+            if self.sequence_index is not None and self.sequence_index in changed:
+                self.sequence_grew.emit()
         return new
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the current sequence is still being written."""
+        return self.sequence_index is not None and self.trace.in_progress(self.sequence_index)
 
     # ------------------------------------------------------------------ sequence list
     def set_text_filter(self, text: str) -> None:

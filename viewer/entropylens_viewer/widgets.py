@@ -19,6 +19,7 @@ EXPANSION_BRUSH = (214, 39, 40, 60)  # entropy rises: more candidates
 PRUNING_BRUSH = (31, 119, 180, 60)  # entropy falls: fewer candidates
 PROMPT_BRUSH = (128, 128, 128, 40)
 KIND_COLOURS = {"attn": (255, 127, 14), "mlp": (44, 160, 44)}  # sub-layer rows and the steps into them
+STATUS_MARKS = {0: "●", 2: "◌"}  # in the sequence list: being written, not finished (stopped)
 MAX_TICK_LABELS = 60
 
 
@@ -46,6 +47,7 @@ class SequenceTableModel(QtCore.QAbstractTableModel):
         self.state = state
         self.rows: list[int] = []
         state.sequences_changed.connect(self.reload)
+        state.sequences_updated.connect(self.update_counts)
 
     def reload(self) -> None:
         self.beginResetModel()
@@ -53,9 +55,20 @@ class SequenceTableModel(QtCore.QAbstractTableModel):
         trace = self.state.trace.trace if self.state.trace else None
         self._prompts = trace.prompt_texts if trace else []
         self._labels = trace.labels if trace else []
+        self._read_counts()
+        self.endResetModel()
+
+    def update_counts(self) -> None:
+        """Sequences grew or completed in place: new lengths and markers, the list (and its selection) kept."""
+        self._read_counts()
+        if self.rows:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self.rows) - 1, len(self.HEADERS) - 1))
+
+    def _read_counts(self) -> None:
+        trace = self.state.trace.trace if self.state.trace else None
         self._lengths = trace.sequence_lengths if trace else []
         self._means = trace.mean_entropies if trace else []
-        self.endResetModel()
+        self._statuses = trace.statuses if trace else []
 
     def rowCount(self, parent=QtCore.QModelIndex()) -> int:  # noqa: N802 - Qt API
         return len(self.rows)
@@ -74,7 +87,10 @@ class SequenceTableModel(QtCore.QAbstractTableModel):
         i = self.rows[index.row()]
         column = index.column()
         if column == 0:
-            return str(i)
+            status = int(self._statuses[i]) if len(self._statuses) > i else 1
+            if role == QtCore.Qt.ToolTipRole and status != 1:
+                return "still being written" if status == 0 else "not finished (stopped or interrupted)"
+            return f"{i} {STATUS_MARKS.get(status, '')}".strip()
         if column == 1:
             text = self._prompts[i].replace("\n", "⏎")
             return text if role == QtCore.Qt.ToolTipRole else text[:80]
@@ -180,13 +196,16 @@ class HeatmapView(pg.PlotWidget):
         self.cursor = pg.RectROI((0, 0), (1, 1), pen=pg.mkPen("r", width=2), movable=False, resizable=False)
         for handle in self.cursor.getHandles():
             self.cursor.removeHandle(handle)
-        for item in (self.prompt_region, self.prompt_line, self.layer_line, self.cursor):
+        self.live_marker = pg.TextItem("● writing…", color=(214, 39, 40), anchor=(1, 0), fill=(255, 255, 255, 210))
+        self.live_marker.setVisible(False)
+        for item in (self.prompt_region, self.prompt_line, self.layer_line, self.cursor, self.live_marker):
             self.addItem(item)
         self.getPlotItem().getViewBox().setMouseEnabled(x=True, y=False)
         self.hover_text = ""
         self.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.scene().sigMouseClicked.connect(self._on_mouse_clicked)
         state.sequence_changed.connect(self.render_sequence)
+        state.sequence_grew.connect(self.render_growth)
         state.layer_changed.connect(self.render_layer)
         state.row_changed.connect(self.render_row)
 
@@ -195,18 +214,43 @@ class HeatmapView(pg.PlotWidget):
         if seq is None:
             self.image.clear()
             self.axis.tokens = []
+            self.live_marker.setVisible(False)
             return
-        self.axis.tokens = [visible_token(t) for t in seq.token_texts[seq.first_target :]]
         self.layer_axis.set_rows(self.state.trace.trace.metadata)
         n, layers = seq.entropy.shape
-        self.colorbar.setLevels((0.0, max(1e-6, float(np.nanmax(seq.entropy)))))
+        self.colorbar.setLevels((0.0, max(1e-6, float(np.nanmax(seq.entropy)) if n else 1.0)))
         prompt_rows = int((~seq.is_generated).sum())
         self.prompt_region.setRegion((0, prompt_rows))
         self.prompt_region.setVisible(prompt_rows > 0)
         self.prompt_line.setPos(prompt_rows)
-        self.render_layer()
-        self.setXRange(0, n, padding=0)
+        self._render_columns(seq)
+        self.setXRange(0, max(n, 1), padding=0)
         self.setYRange(0, layers, padding=0)
+
+    def render_growth(self) -> None:
+        """The current sequence grew: extend the image and token axis in place.
+
+        The selected token, replay layer and zoom stay; a view that showed the end of the
+        sequence keeps following it, as a terminal follows new output.
+        """
+        seq = self.state.sequence
+        if seq is None:
+            return
+        (left, right), _ = self.getPlotItem().getViewBox().viewRange()
+        old = self.image.width() or 0
+        top = float(np.nanmax(seq.entropy)) if seq.n_rows else 0.0
+        if top > self.colorbar.levels()[1]:
+            self.colorbar.setLevels((0.0, top))
+        self._render_columns(seq)
+        if right >= old - 0.5 and seq.n_rows > old:  # the end was in view: follow it
+            self.setXRange(left + seq.n_rows - old if left > 0.5 else 0, seq.n_rows, padding=0)
+
+    def _render_columns(self, seq) -> None:
+        """What depends on the number of rows: the image, the token axis, the still-writing marker."""
+        self.axis.tokens = [visible_token(t) for t in seq.token_texts[seq.first_target :]]
+        self.render_layer()
+        self.live_marker.setVisible(self.state.in_progress)
+        self.live_marker.setPos(seq.n_rows, seq.entropy.shape[1])
         self.axis.picture = None
         self.axis.update()
 
@@ -271,6 +315,7 @@ class PredictionRow(QtWidgets.QTextBrowser):
         self.setOpenLinks(False)
         self.plain = ""
         state.sequence_changed.connect(self.redraw)
+        state.sequence_grew.connect(self.redraw)
         state.layer_changed.connect(self.redraw)
         state.row_changed.connect(self.redraw)
 
@@ -477,6 +522,7 @@ class AggregatePlot(pg.PlotWidget):
         self.lower = self.plot([], [], pen=pg.mkPen(None))
         self.addItem(pg.FillBetweenItem(self.upper, self.lower, brush=(31, 119, 180, 60)))
         state.sequences_changed.connect(self.redraw)
+        state.sequences_updated.connect(self.redraw)
 
     def redraw(self) -> None:
         if self.state.trace is None:
@@ -504,6 +550,7 @@ class ComparePlot(pg.PlotWidget):
         self.curves: list[pg.PlotDataItem] = []
         state.traces_changed.connect(self.redraw)
         state.sequences_changed.connect(self.redraw)
+        state.sequences_updated.connect(self.redraw)
 
     def redraw(self) -> None:
         for curve in self.curves:

@@ -1,0 +1,115 @@
+"""`entropylens chat` driven through a pseudo-terminal: scripted turns, /reset, Ctrl-C mid-reply."""
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY_CHAT_TEMPLATE
+from transformers import AutoTokenizer
+
+from entropylens_hf import Trace
+
+CLI = "import sys; from entropylens_hf.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama with a chat template (its tokenizer's own special tokens)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Terminal:
+    """A child process on a pseudo-terminal: type lines, read until a text appears."""
+
+    def __init__(self, argv):
+        self.master, slave = pty.openpty()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TERM": "dumb"}
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        self.seen = ""
+
+    def read_until(self, text, timeout=90):
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} did not appear; the terminal shows:\n{self.seen[-2000:]}")
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096).decode("utf-8", errors="replace")
+                except OSError:  # the child closed the terminal
+                    break
+        head, _, self.seen = self.seen.partition(text)
+        return head
+
+    def type(self, line):
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+def _chat(model_dir, out, *options):
+    return Terminal([sys.executable, "-c", CLI, "chat", str(model_dir), "--out", str(out), *options])
+
+
+def _ask_and_interrupt(term, out, text, count):
+    """Type ``text``, wait until the reply has 3 tokens in the file (sequence ``count``), press Ctrl-C."""
+    term.type(text)
+    term.read_until("model> ")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        with Trace.open(out, partial=True) as trace:
+            if len(trace) == count and trace[count - 1].n_generated >= 3:
+                break
+    term.proc.send_signal(signal.SIGINT)
+    return term.read_until("you> ")
+
+
+def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a_reply(chat_model_dir, tmp_path):
+    out = tmp_path / "chat.h5"
+    term = _chat(chat_model_dir, out, "--max-new-tokens", "1500", "--live-interval", "0.1")
+    try:
+        term.read_until("you> ")
+        first = _ask_and_interrupt(term, out, "the quick brown fox", 1)
+        assert "[stopped]" in first
+        _ask_and_interrupt(term, out, "import os", 2)  # the chat goes on after Ctrl-C
+        term.type("/reset")
+        assert "(new conversation)" in term.read_until("you> ")
+        _ask_and_interrupt(term, out, "def main", 3)
+        term.type("/quit")
+        assert "3 replies " in term.read_until("recorded in")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+    with Trace.open(out) as trace:
+        assert len(trace) == 0  # every reply was cut short: analyses and export do not see them
+    with Trace.open(out, partial=True) as trace:
+        assert list(trace.statuses) == [2, 2, 2] and all(3 <= seq.n_generated < 1500 for seq in trace)
+        turns = [(lab["conversation"], lab["turn"]) for lab in trace.labels]
+        assert [t for _, t in turns] == ["1", "2", "1"] and turns[0][0] == turns[1][0]
+        one, two, three = trace
+        # the second turn's prompt is the whole conversation through the template, the cut reply included
+        tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+        reply = tokenizer.decode(one.token_ids[one.prompt_length :], skip_special_tokens=True)
+        assert two.prompt_text.startswith("<s>user\nthe quick brown fox</s>\n<s>assistant\n" + reply.strip())
+        assert "import os" in two.prompt_text and "quick" not in three.prompt_text
+        assert two.token_ids[: two.prompt_length].tolist() == tokenizer(two.prompt_text, add_special_tokens=False).input_ids
+    # the reply streamed to the terminal (up to the token the recording kept, give or take the one in flight)
+    assert reply[:8] in first.replace("\r\n", "\n")
