@@ -18,6 +18,7 @@ _EXPORTS = {
     "EntropyLens": ".recorder",
     "TraceRecorder": ".recorder",
     "LogitLens": ".lens",
+    "TunedLens": ".tuned_lens",
     "Trace": ".trace",
     "TraceWriter": ".trace",
     "SequenceRecord": ".trace",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .lens import LogitLens
     from .models import default_model
     from .recorder import EntropyLens, TraceRecorder
+    from .tuned_lens import TunedLens
     from .trace import SequenceRecord, Trace, TraceMetadata, TraceWriter
 
 

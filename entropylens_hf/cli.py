@@ -1,4 +1,4 @@
-"""The ``entropylens`` command line: record | info | export | demo | view, plus the analyses.
+"""The ``entropylens`` command line: record | merge | info | export | demo | view, plus the analyses.
 
 Every user error is an :class:`EntropyLensError`, printed as one line with exit code 2.
 Heavy imports (torch, transformers) happen inside the commands that need them, so
@@ -12,11 +12,14 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ._version import __version__
 from .errors import EntropyLensError
 from .outputs import check_output
+
+if TYPE_CHECKING:
+    from .distributed import Launch
 
 __all__ = ["main"]
 
@@ -70,8 +73,11 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
-    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders."""
+def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[list, list[float]]:
+    """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders.
+
+    ``folder``: the run folder, checked by :func:`_run_folder` (None: ``--out`` is one trace file).
+    """
     for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
                           ("--top-k", args.top_k)):
         if value < 1:
@@ -90,18 +96,47 @@ def _check_record_args(args: argparse.Namespace) -> tuple[list, list[float]]:
             torch.device(args.device)
         except RuntimeError:
             raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    out = Path(args.out)
-    check_output("--out", out)
     from .prompts import read_prompts
-    from .trace import Trace
-    from .trace.locking import lock_holder
 
-    busy = lock_holder(out)
-    if busy is not None:
-        raise EntropyLensError(str(busy))
-    if out.exists():
-        Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
+    if folder is None:
+        out = Path(args.out)
+        check_output("--out", out)
+        from .trace import Trace
+        from .trace.locking import lock_holder
+
+        busy = lock_holder(out)
+        if busy is not None:
+            raise EntropyLensError(str(busy))
+        if out.exists():
+            Trace.open(out).close()  # a foreign or damaged file is refused now, not after loading the model
     return read_prompts(args.prompts, _parse_labels(args.label)), alphas
+
+
+def _run_folder(text: str, launch: "Launch") -> Path | None:
+    """The run folder ``--out`` names (one shard file per process inside), or None for a single trace file.
+
+    A folder is meant when the name ends in a slash, so a folder given by mistake (``--out .``)
+    is never filled with shards; under a launcher with several processes it must be one, since
+    each process needs its own file.
+    """
+    out = Path(text)
+    if text.endswith(("/", os.sep)):
+        if out.exists() and not out.is_dir():
+            raise EntropyLensError(f"--out {text}: a file, not a folder; give a new folder name for the run")
+        if not out.parent.is_dir():
+            raise EntropyLensError(f"--out {text}: the folder {out.parent} does not exist")
+        if not os.access(out if out.exists() else out.parent, os.W_OK):
+            raise EntropyLensError(f"--out {text}: not writable here; choose another place")
+        return out
+    if out.is_dir():
+        raise EntropyLensError(f"--out {text}: is a directory; give a file name, or {text}/ (with the slash) "
+                               "to record into it as a run folder")
+    if launch.distributed:
+        raise EntropyLensError(
+            f"--out {text}: {launch.world_size} processes need a run folder, one shard file each; "
+            f"give a folder, e.g. --out {out.with_suffix('')}/"
+        )
+    return None
 
 
 def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: int, *, chat: bool = False) -> None:
@@ -111,9 +146,9 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
     """
     from .prompts import tokenize_prompts
 
-    config = model.config
-    context = next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                    if isinstance(getattr(config, name, None), int)), None)
+    from .loading import context_length
+
+    context = context_length(model)
     if context is None:
         return
     for number, prompt in enumerate(prompts, start=1):
@@ -127,31 +162,212 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
             )
 
 
-def cmd_record(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    prompt_rows = _prompt_rows(args)
-    prompts, alphas = _check_record_args(args)
+def _load_lens(args: argparse.Namespace, prompt_rows: bool | str, alphas: list[float], device: str):
+    """The model and an :class:`EntropyLens` on it, as ``record``'s options ask."""
     from transformers import set_seed
 
     from .loading import load_model
-    from .prompts import record_prompts
     from .recorder import EntropyLens
 
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    lens_file = _lens_file(args.lens, args.model)
+    model, tokenizer = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map)
     if args.seed is not None:
         set_seed(args.seed)
+    tuned = None
+    if lens_file is not None:
+        from .tuned_lens import TunedLens
+
+        tuned = TunedLens.load(lens_file)
     try:
-        lens = EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas,
-                           record_prompt=prompt_rows, lens_dtype=args.lens_dtype, model_name=args.model)
+        return EntropyLens(model, tokenizer, top_k=args.top_k, renyi_alphas=alphas, record_prompt=prompt_rows,
+                           lens_dtype=args.lens_dtype, model_name=args.model, sublayers=args.sublayers, lens=tuned)
+    except EntropyLensError:  # e.g. --sublayers on a model whose attention and MLP run in parallel, a lens for another model
+        raise
     except ValueError as exc:
         raise EntropyLensError(f"--top-k {args.top_k}: {exc}") from None
+
+
+def _record(lens, prompts: Sequence, out: Path, args: argparse.Namespace, chat: bool, progress: bool) -> tuple[int, int]:
+    from .prompts import record_prompts
+
+    _check_prompt_lengths(prompts, lens.tokenizer, lens.model, args.max_new_tokens, chat=chat)
+    return record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat, progress=progress,
+                          **_generation_kwargs(args))
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .distributed import launch
+
+    where = launch()
+    folder = _run_folder(args.out, where)
+    prompt_rows = _prompt_rows(args)
+    prompts, alphas = _check_record_args(args, folder)
     chat = args.chat or any(p.messages for p in prompts)
-    _check_prompt_lengths(prompts, tokenizer, model, args.max_new_tokens, chat=chat)
-    recorded, skipped = record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat,
-                                       progress=not args.quiet, **_generation_kwargs(args))
+    lens_file = _lens_file(args.lens, args.model)  # checked before any model loads
+    if folder is not None:
+        return _record_into_folder(args, folder, where, prompts, alphas, prompt_rows, chat)
+    _check_trace_lens(Path(args.out), lens_file)
+    lens = _load_lens(args, prompt_rows, alphas, args.device)
+    recorded, skipped = _record(lens, prompts, Path(args.out), args, chat, progress=not args.quiet)
     note = f", skipped {skipped} already in the file" if skipped else ""
-    print(f"recorded {recorded} prompt(s) into {out}{note}")
+    print(f"recorded {recorded} prompt(s) into {args.out}{note}")
     return 0
+
+
+def _lens_file(value: str, model: str) -> Path | None:
+    """The tuned-lens file ``--lens`` names (``None`` for the logit lens), checked before the model loads.
+
+    ``tuned`` means ``tuned_lens.safetensors`` in the model's folder: the bundled model's
+    folder for ``default``, the cache folder of a fetched model, a local model folder, or the
+    folder of a GGUF file.
+    """
+    from .tuned_lens import LENS_FILE_NAME, read_header
+
+    if value == "logit":
+        return None
+    if value == "tuned":
+        folder = _model_folder(model)
+        path = folder / LENS_FILE_NAME if folder is not None else None
+        if path is None or not path.is_file():
+            where = f"no {LENS_FILE_NAME} in {folder}" if folder is not None else f"{model} has no local folder"
+            raise EntropyLensError(
+                f"--lens tuned: {where}; train one with `entropylens train-lens {model} --text FILE --out "
+                f"{path if path is not None else LENS_FILE_NAME}`, or give the lens file's path")
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise EntropyLensError(f"--lens {value}: neither logit, tuned nor an existing tuned-lens file")
+    read_header(path)
+    return path
+
+
+def _check_trace_lens(out: Path, lens_file: Path | None) -> None:
+    """Refuse, before the model loads, to append to a trace recorded through another lens."""
+    if not out.exists():
+        return
+    from .trace import Trace
+    from .tuned_lens import file_sha256
+
+    with Trace.open(out) as trace:
+        recorded = trace.metadata.lens
+    kind, sha = ("logit", "") if lens_file is None else ("tuned", file_sha256(lens_file))
+    if recorded.get("kind", "logit") != kind or recorded.get("sha256", "") != sha:
+        was = recorded.get("kind", "logit") + (f" ({recorded['name']})" if recorded.get("name") else "")
+        now = "logit" if lens_file is None else f"tuned ({lens_file.name})"
+        raise EntropyLensError(f"--out {out}: recorded through the {was} lens, not the {now} lens; "
+                               "write to a new file, or record with the trace's own --lens")
+
+
+def _model_folder(model: str) -> Path | None:
+    """The local folder MODEL loads from, if any (without loading it)."""
+    from .fetch import REGISTRY, model_dir
+
+    if model == "default":
+        from .models import default_model_path
+
+        return default_model_path()
+    if model in REGISTRY:
+        return model_dir(model)
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.parent
+    return path if path.is_dir() else None
+
+
+# ---------------------------------------------------------------------- train-lens
+
+
+def _train_settings(args: argparse.Namespace):
+    from .lens_training import TrainSettings
+
+    settings = TrainSettings(steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
+                             optimizer=args.optimizer, seed=args.seed, held_out=args.held_out,
+                             eval_tokens=args.eval_tokens, checkpoint_every=args.checkpoint_every)
+    settings.check()
+    return settings
+
+
+def cmd_train_lens(args: argparse.Namespace) -> int:
+    from .lens_training import TextSource, checkpoint_path
+
+    settings = _train_settings(args)
+    out = Path(args.out)
+    check_output("--out", out)
+    if out.suffix != ".safetensors":
+        raise EntropyLensError(f"--out {out}: a tuned lens is a .safetensors file; name it e.g. {out.stem}.safetensors")
+    ckpt = checkpoint_path(out)
+    if out.exists() and not ckpt.exists():
+        raise EntropyLensError(f"--out {out}: exists already (a finished lens); delete it or choose another --out")
+    text = TextSource.read(args.text)
+    held_out = TextSource.read(args.eval_text, "--eval-text") if args.eval_text else None
+    from transformers import set_seed
+
+    from .lens import LogitLens
+    from .lens_training import kl_table, train_lens
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    set_seed(args.seed)
+    try:
+        tuned = train_lens(model, tokenizer, text, out, held_out=held_out, settings=settings, model_name=args.model,
+                           save_dtype=args.save_dtype, progress=not args.quiet)
+    except KeyboardInterrupt:
+        where = f"{ckpt} keeps the last finished step" if ckpt.exists() else "no step had finished"
+        print(f"entropylens train-lens: interrupted; {where}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(kl_table(tuned.evaluation, LogitLens.from_model(model).layer_names))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {tuned.sha256[:16]}...); "
+          f"record through it with: entropylens record {args.model} --lens {out} --prompts P.txt --out T.h5")
+    return 0
+
+
+def _record_into_folder(args: argparse.Namespace, folder: Path, where: "Launch", prompts: list, alphas: list[float],
+                        prompt_rows: bool | str, chat: bool) -> int:
+    """This process's share of the prompts into its shard of the run folder; one summary at the end.
+
+    Every process reads the folder before any writes to it (a barrier when a process group
+    exists), and loads the model only if its share is not empty.
+    """
+    import dataclasses
+
+    from .distributed import RunGroup, pick_device, prepare_share
+    from .trace.writer import settings_differences
+
+    if chat:
+        prompts = [p.as_chat() for p in prompts]  # the keys a chat prompt is recorded under
+    with RunGroup(where) as group:
+        def check(reference):  # the settings known before loading; all of them once the model is there
+            _refuse_other_settings(folder, settings_differences(reference, dataclasses.replace(
+                reference, model_name=args.model, top_k=args.top_k, renyi_alphas=tuple(alphas))))
+
+        share = prepare_share(folder, prompts, where, check)
+        group.barrier()
+        reference = share.metadata
+        recorded = 0
+        if share.prompts:
+            device = args.device if args.device_map is not None else pick_device(where, args.device)
+            lens = _load_lens(args, prompt_rows, alphas, device)
+            if reference is not None:
+                _refuse_other_settings(folder, settings_differences(reference, lens.metadata()))
+            recorded, _ = _record(lens, share.prompts, share.shard, args, chat,
+                                  progress=not args.quiet and where.rank == 0)
+        counts, met = group.gather(recorded), group.joined
+    if counts is None:
+        return 0
+    if met or not where.distributed:
+        per = f" ({' + '.join(map(str, counts))} by {len(counts)} processes)" if len(counts) > 1 else ""
+        print(f"recorded {sum(counts)} prompt(s) into {folder}/{per}"
+              + (f", skipped {share.skipped} already in the folder" if share.skipped else ""))
+    else:  # no process group to meet in: each process says what it did
+        print(f"rank {where.rank}/{where.world_size}: recorded {recorded} prompt(s) into {share.shard}"
+              + (f", skipped {share.skipped} already in {folder}" if share.skipped else ""))
+    return 0
+
+
+def _refuse_other_settings(folder: Path, differences: list[str]) -> None:
+    if differences:
+        raise EntropyLensError(f"--out {folder}: the run was recorded with other settings ({'; '.join(differences)}); "
+                               "use the same settings to resume it, or record into a new folder")
 
 
 # ---------------------------------------------------------------------- info
@@ -170,7 +386,7 @@ def summarize(trace) -> str:
     lengths, prompts = trace.sequence_lengths, trace.prompt_lengths
     size = trace.file_size()
     rows = trace.num_rows
-    lens = m.lens_kind + " lens" + (f" ({m.lens['name']}, sha256 {str(m.lens.get('sha256', ''))[:12]})"
+    lens = m.lens_kind + " lens" + (f" {m.lens['name']} (sha256 {str(m.lens.get('sha256', ''))[:16]}...)"
                                      if m.lens.get("name") else "")
     lines = [
         f"trace      {trace.path}  ({size / 1e6:.2f} MB, schema {m.schema_version}, written by entropylens-hf {m.library_version})",
@@ -182,6 +398,9 @@ def summarize(trace) -> str:
         f"sequences  {n} in {len(trace.runs())} generate call(s); {int(lengths.sum())} tokens "
         f"({int(prompts.sum())} prompt, {int((lengths - prompts).sum())} generated)",
     ]
+    shards = getattr(trace, "shards", None)
+    if shards is not None:
+        lines.insert(1, f"shards     {len(shards)}: {', '.join(p.name for p in shards)}")
     if rows:
         lines.append(f"storage    {size / (rows * m.num_layers):.1f} bytes per token-layer ({rows} rows x {m.num_layers} layers)")
     counts: dict[str, dict[str, int]] = {}
@@ -201,6 +420,22 @@ def summarize(trace) -> str:
         for name, value in zip(m.layer_names, mean):
             lines.append(f"  {name:<{width}}  {value:6.3f}  {'█' * max(1, int(round(30 * value / top)))}")
     return "\n".join(lines)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .trace.shards import merge_shards
+
+    folder, out = Path(args.folder), Path(args.out)
+    if not folder.is_dir():
+        raise EntropyLensError(f"{folder}: not a run folder" + ("; it is one trace file already, nothing to merge"
+                                                                if folder.is_file() else ""))
+    check_output("--out", out)
+    if out.resolve().parent == folder.resolve():
+        raise EntropyLensError(f"--out {out}: inside the run folder, where it would be read as one more shard; "
+                               "write it next to the folder")
+    n = merge_shards(folder, out)
+    print(f"merged {n} sequence(s) from {folder} into {out}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -389,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--chat", action="store_true",
                      help="render each prompt as a user message through the model's chat template "
                           "(implied when a JSONL line gives messages)")
-    rec.add_argument("--out", required=True, help="trace file (.h5); appended to and resumed if it exists")
+    rec.add_argument("--out", required=True,
+                     help="trace file (.h5), or a run folder (RUN/: one shard file per process under torchrun, "
+                          "accelerate or srun); appended to and resumed if it exists")
     rec.add_argument("--max-new-tokens", type=int, default=64)
     rec.add_argument("--top-k", type=int, default=10, help="top-k predictions stored per layer (default 10)")
     rec.add_argument("--batch-size", type=int, default=8)
@@ -406,14 +643,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
     rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
+    rec.add_argument("--sublayers", action="store_true",
+                     help="also read each layer's residual after attention, before the MLP (rows 1.attn, 1.mlp, ...)")
+    rec.add_argument("--lens", default="logit", metavar="logit|tuned|FILE",
+                     help="logit (default): the logit lens; tuned: the tuned lens stored with the model "
+                          "(tuned_lens.safetensors in its folder; the bundled model has one); FILE: a tuned lens "
+                          "written by `entropylens train-lens`")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)
+
+    tl = sub.add_parser("train-lens", help="train a tuned lens (one affine translator per layer) for a model on a text")
+    tl.add_argument("model", help="as for record: default, a fetched name (smollm2), a .gguf file or folder, a model folder, a hub id")
+    tl.add_argument("--text", required=True, help="UTF-8 text file to train on (its last --held-out part is held out)")
+    tl.add_argument("--eval-text", default=None, help="UTF-8 text file to evaluate on instead of the held-out part of --text")
+    tl.add_argument("--out", required=True, help="lens file to write (.safetensors); its checkpoint OUT.ckpt lies next to it "
+                    "while training, and rerunning the same command resumes from it")
+    tl.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
+    tl.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
+    tl.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    tl.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="adam: Adam (AMSGrad) with 20%% warm-up (default); sgd: SGD with Nesterov momentum 0.9, as tuned-lens")
+    tl.add_argument("--lr", type=float, default=None, help="peak learning rate, decayed linearly to 0 (default 1e-3 for adam, 0.1 for sgd)")
+    tl.add_argument("--seed", type=int, default=0, help="seed of the data order (default 0)")
+    tl.add_argument("--held-out", type=float, default=0.1, help="fraction of --text (its end) held out when there is no --eval-text (default 0.1)")
+    tl.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens to evaluate on at the end (default 16384)")
+    tl.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints (default 25; also on Ctrl-C)")
+    tl.add_argument("--save-dtype", default="float16", choices=["float16", "float32"],
+                    help="dtype of the stored weights (default float16; the evaluation uses them as stored)")
+    tl.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    tl.add_argument("--dtype", default="float32", help="model dtype: float32 (default), bfloat16, float16, auto")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
+    tl.set_defaults(func=cmd_train_lens)
 
     fetch = sub.add_parser("fetch", help="download a named real model once and cache it converted (e.g. smollm2)")
     fetch.add_argument("name", nargs="?", help="model name, e.g. smollm2 (see --list)")
     fetch.add_argument("--list", action="store_true", help="list the models that can be fetched and where they are cached")
     fetch.set_defaults(func=cmd_fetch)
+
+    merge = sub.add_parser("merge", help="write the shards of a run folder into one trace file")
+    merge.add_argument("folder", help="run folder written by `record --out RUN/` (one shard file per process)")
+    merge.add_argument("--out", required=True, help="the trace file to write (.h5); must not exist")
+    merge.set_defaults(func=cmd_merge)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal, every reply recorded live into a trace")
     chat.add_argument("model", help="as for record; 'default' has no chat template and gets a plain transcript")

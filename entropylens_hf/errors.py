@@ -20,3 +20,7 @@ class UnsupportedModelError(EntropyLensError, TypeError):
 
 class UnsupportedGenerationError(EntropyLensError, ValueError):
     """A generation mode the recorder cannot record faithfully (beam search, assisted decoding...)."""
+
+
+class LensMismatchError(EntropyLensError):
+    """A tuned lens used with a model (or a trace) it was not made for."""

@@ -10,7 +10,7 @@ passed explicitly for a model where that fails. The contract, tested per family:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 from .metrics import LensStatistics, streaming_lens_statistics
+from .sublayers import lens_rows
 
 __all__ = ["LogitLens", "resolve_decoder_layers"]
 
@@ -150,6 +151,7 @@ class LogitLens(nn.Module):
         self.post_norm = post_norm if post_norm is not None else nn.Identity()
         self.unembedding = unembedding
         self.transforms = tuple(transforms)
+        self.translator: nn.Module | None = None  # a TunedLens, set by EntropyLens(lens=...)
 
     @classmethod
     def from_model(
@@ -183,7 +185,7 @@ class LogitLens(nn.Module):
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return ("embeddings",) + tuple(f"layer {i}" for i in range(1, len(self.layers) + 1))
+        return lens_rows(len(self.layers), sublayers=False)[0]
 
     @property
     def vocab_size(self) -> int:
@@ -204,14 +206,36 @@ class LogitLens(nn.Module):
             hidden = hidden.to(device=param.device, dtype=param.dtype)
         return self.post_norm(self.final_norm(hidden))
 
+    def normalize_layers(self, residuals: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Residuals ``[n, R, d]`` of lens rows ``rows`` (``R`` indices) -> the rows the unembedding reads.
+
+        The one place where a lens row's residual becomes normalised: the logit lens applies
+        the final norm to every row alike; a lens with per-layer translators (the tuned lens)
+        applies row ``rows[j]``'s translator to ``residuals[:, j]`` before the norm.
+        """
+        return self.normalize(self.translate(residuals, list(rows)))
+
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         for t in self.transforms:
             z = t(z)
         return z
 
     @torch.no_grad()
+    def translate(self, residuals: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Residuals ``[..., R, d]`` of lens rows ``rows`` (default ``0..R-1``) as this lens reads them before its final norm.
+
+        Why a separate step: a tuned lens maps each row through its own translator, so the
+        row index must be known before rows are flattened; the logit lens leaves them as they are.
+        """
+        return residuals if self.translator is None else self.translator(residuals, rows)
+
+    @torch.no_grad()
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full float32 logits ``[..., V]`` for residuals ``[..., d]``."""
+        """Full float32 logits ``[..., V]`` for residuals ``[..., d]`` (already translated, if at all)."""
+        return self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`project` with gradients to ``hidden`` (for training a tuned lens)."""
         normed = self.normalize(hidden).to(self.device)
         return self._transform(self.unembedding(normed).float())
 
@@ -239,7 +263,7 @@ class LogitLens(nn.Module):
         block_rows, chunk = self.block_shape(max_logits)
         parts = [
             self._block_statistics(
-                hidden[start : start + block_rows],
+                self.normalize(hidden[start : start + block_rows]),
                 None if targets is None else targets[start : start + block_rows],
                 top_k=top_k,
                 alphas=alphas,
@@ -291,7 +315,7 @@ class LogitLens(nn.Module):
 
     def _block_statistics(
         self,
-        hidden: torch.Tensor,
+        normed: torch.Tensor,
         targets: torch.Tensor | None,
         *,
         top_k: int,
@@ -299,8 +323,11 @@ class LogitLens(nn.Module):
         chunk_size: int,
         workspace: torch.Tensor | None = None,
         dtype: torch.dtype | None = None,
+        reference: torch.Tensor | None = None,
+        reference_entropy: torch.Tensor | None = None,
     ) -> LensStatistics:
-        rows = self.normalize(hidden).to(self.device)
+        """Statistics of normalised rows ``[R, d]``, the vocabulary in chunks of ``chunk_size``."""
+        rows = normed.to(self.device)
         n = rows.shape[0]
         weight = getattr(self.unembedding, "weight", None)
         bias = getattr(self.unembedding, "bias", None)
@@ -350,42 +377,113 @@ class LogitLens(nn.Module):
             alphas=alphas,
             chunk_size=chunk_size,
             scratch=scratch,
+            reference=reference,
+            reference_entropy=reference_entropy,
         )
 
+    def _full_logits(self, normed: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        """Whole-vocabulary float32 logits ``[R, V]`` of normalised rows, by the same product as the chunks."""
+        rows = normed.to(self.device)
+        if not isinstance(self.unembedding, nn.Linear):
+            return self._transform(self.unembedding(rows).float())
+        weight, bias = self.unembedding.weight, self.unembedding.bias
+        dtype = dtype or weight.dtype
+        z = _product_for(rows.device, dtype)(rows.to(dtype), self.lens_weight(dtype), None)
+        if bias is not None:
+            z.add_(bias.float())
+        return self._transform(z)
+
     @torch.no_grad()
-    def head_statistics(
+    def token_statistics(
         self,
-        head_logits: torch.Tensor,
+        residuals: torch.Tensor,
         *,
         top_k: int,
         targets: torch.Tensor | None = None,
+        head_logits: torch.Tensor | None = None,
         alphas: Sequence[float] = (),
         max_logits: int = 1 << 22,
+        workspace: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        kl: bool = True,
     ) -> LensStatistics:
-        """Statistics of logits the model's own head computed ``[R, V]`` (before its logit transform).
+        """Statistics of every lens row of ``n`` tokens, flat ``[n * L]`` (token-major).
 
-        Why: during generation the model already multiplies the last layer's residual by the
-        unembedding; reusing that output saves one product per token and equals the model's
-        logits by construction. The transform (soft-cap, scale) is applied here in float32.
+        ``residuals`` ``[n, R, d]`` holds lens rows ``0..R-1`` of each token. The last lens row
+        is the final distribution: the model's own logits ``head_logits`` ``[n, V]`` (before
+        its logit transform) when given (then ``L = R + 1``), else ``residuals[:, -1]``
+        (``L = R``). Each token's final row is resolved first; with ``kl`` its distribution
+        ``p_final`` is then held while the other rows go through the vocabulary, which yields
+        ``kl`` = KL(p_final || p_row) in nats in the same pass (0 for the final row itself).
+        Tokens go through in groups whose rows fill one block (:meth:`block_shape`), and
+        whose final distributions hold at most ``max_logits`` floats.
         """
-        rows = max(1, max_logits // max(1, head_logits.shape[-1]))
+        n, width, _ = residuals.shape
+        vocab = self.vocab_size
+        inner = width if head_logits is not None else width - 1
+        block_rows, chunk = self.block_shape(max_logits)
+        group = max(1, min(block_rows // max(inner, 1), max_logits // vocab))
         parts = []
-        for start in range(0, head_logits.shape[0], rows):
-            z = self._transform(head_logits[start : start + rows].to(torch.float32, copy=True))
-            t = None if targets is None else targets[start : start + rows].to(z.device)
-            target_logits = None if t is None else z.gather(-1, t.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            parts.append(
-                streaming_lens_statistics(
-                    lambda a, b, z=z: z[:, a:b],
-                    z.shape[-1],
+        for start in range(0, n, group):
+            res = residuals[start : start + group]
+            g = res.shape[0]
+            t = None if targets is None else targets[start : start + g].to(self.device)
+            if head_logits is not None:
+                final_z = self._transform(head_logits[start : start + g].to(self.device, torch.float32, copy=True))
+            else:
+                final_z = self._full_logits(self.normalize_layers(res[:, -1:], [width - 1])[:, 0], dtype)
+            q = torch.softmax(final_z, dim=-1) if kl else None
+            final = _full_statistics(final_z, t, top_k=top_k, alphas=alphas)  # overwrites final_z
+            del final_z
+            final = replace(final, kl=torch.zeros_like(final.entropy) if kl else final.kl)
+            normed = self.normalize_layers(res[:, :inner], range(inner)).reshape(g * inner, -1)
+            rows_t = None if t is None else t.repeat_interleave(inner)
+            # A block holds whole tokens (or, for one very deep token, slices of its rows).
+            step = g * inner if g * inner <= block_rows else block_rows
+            inner_parts = [
+                self._block_statistics(
+                    normed[a : a + step],
+                    None if rows_t is None else rows_t[a : a + step],
                     top_k=top_k,
-                    target_ids=t,
-                    target_logits=target_logits,
                     alphas=alphas,
-                    chunk_size=z.shape[-1],
+                    chunk_size=chunk,
+                    workspace=workspace,
+                    dtype=dtype,
+                    reference=q,
+                    reference_entropy=None if q is None else final.entropy,
                 )
-            )
+                for a in range(0, g * inner, step)
+            ] if inner else []
+            parts.append(_interleave_final(inner_parts, final, g, inner))
         return _concat_statistics(parts)
+
+
+def _full_statistics(z: torch.Tensor, targets: torch.Tensor | None, *, top_k: int, alphas: Sequence[float]) -> LensStatistics:
+    """Statistics of whole-vocabulary float32 logits ``[R, V]`` in one chunk; overwrites ``z``."""
+    target_logits = None if targets is None else z.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return streaming_lens_statistics(
+        lambda a, b: z[:, a:b],
+        z.shape[-1],
+        top_k=top_k,
+        target_ids=targets,
+        target_logits=target_logits,
+        alphas=alphas,
+        chunk_size=z.shape[-1],
+    )
+
+
+def _interleave_final(inner: list[LensStatistics], final: LensStatistics, tokens: int, width: int) -> LensStatistics:
+    """Rows ``[tokens * width]`` and final rows ``[tokens]`` as ``[tokens * (width + 1)]``, each token's final last."""
+    if not inner:
+        return final
+    rows = _concat_statistics(inner)
+
+    def join(name: str) -> torch.Tensor:
+        a, b = getattr(rows, name), getattr(final, name)
+        a = a.reshape(tokens, width, *a.shape[1:])
+        return torch.cat([a, b.unsqueeze(1)], dim=1).reshape(tokens * (width + 1), *a.shape[2:])
+
+    return LensStatistics(**{name: join(name) for name in LensStatistics.__dataclass_fields__})
 
 
 def _concat_statistics(parts: list[LensStatistics]) -> LensStatistics:

@@ -18,7 +18,7 @@ import torch
 
 from .errors import EntropyLensError
 
-__all__ = ["gguf_file", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["context_length", "gguf_file", "load_model", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -101,6 +101,13 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_m
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def context_length(model: Any) -> int | None:
+    """The positions the model can attend to (``max_position_embeddings`` or its other names), if its config says."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return next((getattr(config, name) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                 if isinstance(getattr(config, name, None), int)), None)
 
 
 def gguf_file(name: str) -> Path | None:

@@ -101,7 +101,8 @@ class LensStatistics:
 
     All float tensors are float32 on the device of the computation.
     ``target_prob`` / ``target_rank`` are NaN / -1 where no target was given.
-    ``renyi`` has shape ``[R, len(alphas)]``.
+    ``renyi`` has shape ``[R, len(alphas)]``. ``kl`` is KL(reference || row) in nats, NaN
+    where no reference distribution was given.
     """
 
     entropy: torch.Tensor
@@ -110,6 +111,7 @@ class LensStatistics:
     target_prob: torch.Tensor
     target_rank: torch.Tensor
     renyi: torch.Tensor
+    kl: torch.Tensor
 
 
 def streaming_lens_statistics(
@@ -122,6 +124,8 @@ def streaming_lens_statistics(
     alphas: Sequence[float] = (),
     chunk_size: int = 16384,
     scratch: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    reference_entropy: torch.Tensor | None = None,
 ) -> LensStatistics:
     """Entropy, Rényi entropies, top-k and target prob/rank of ``R`` rows of logits, chunk by chunk.
 
@@ -131,6 +135,11 @@ def streaming_lens_statistics(
     probability and rank to report (``-1``: none) and ``target_logits`` ``[R]`` its logit,
     computed by the caller (a gather is far cheaper than scanning for it). ``scratch``, a flat
     float32 tensor of at least ``R * chunk_size`` elements, is used instead of allocating one.
+
+    ``reference`` ``[G, V]`` (probabilities) with ``reference_entropy`` ``[G]`` (its Shannon
+    entropy, nats) adds ``kl``, KL(reference || row), for rows in ``G`` consecutive groups of
+    ``R / G``, group ``g`` against ``reference[g]``: ``KL = -H(q) - sum_v q_v z_v + log Z``, so
+    only ``sum_v q_v z_v`` is gathered per chunk (one batched product over the raw logits).
     """
     first = chunk_logits(0, min(chunk_size, vocab_size))
     n_rows = first.shape[0]
@@ -147,6 +156,14 @@ def streaming_lens_statistics(
     support = torch.zeros(n_rows, device=device)
     best_vals = torch.full((n_rows, 0), -math.inf, device=device)
     best_ids = torch.zeros((n_rows, 0), dtype=torch.long, device=device)
+
+    has_reference = reference is not None
+    if has_reference:
+        groups = reference.shape[0]
+        if groups == 0 or n_rows % groups:
+            raise ValueError(f"{n_rows} rows do not split into {groups} reference groups")
+        per_group = n_rows // groups
+        cross = torch.zeros(n_rows, device=device)  # sum_v q_v z_v
 
     has_target = target_ids is not None
     if has_target:
@@ -166,6 +183,9 @@ def streaming_lens_statistics(
         chunk_max = vals[:, 0]  # topk is sorted: no separate pass for the maximum
         best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
         best_ids = torch.cat([best_ids, idx + start], -1).gather(-1, order)
+        if has_reference:
+            q = reference[:, start:stop].to(device=device, dtype=z.dtype).unsqueeze(-1)
+            cross += torch.bmm(z.reshape(groups, per_group, stop - start), q).reshape(n_rows)
         if has_target:
             # Count tokens scoring above the target, never the target itself: its logit from
             # this product may differ by rounding from the one the caller gathered.
@@ -229,7 +249,15 @@ def streaming_lens_statistics(
         target_prob = torch.full_like(log_z, math.nan)
         rank = torch.full((n_rows,), -1, dtype=torch.long, device=device)
 
+    if has_reference:
+        # Mathematically >= 0; float32 rounding may leave a few 1e-7 below.
+        h_ref = reference_entropy.to(device).float().repeat_interleave(per_group)
+        kl = (log_z - cross - h_ref).clamp_(min=0)
+    else:
+        kl = torch.full_like(log_z, math.nan)
+
     return LensStatistics(
+        kl=kl,
         entropy=shannon,
         topk_ids=best_ids,
         topk_probs=topk_probs,

@@ -42,8 +42,10 @@ from .lens import LogitLens
 from .live import DEFAULT_LIVE_INTERVAL, LiveRecording, max_new_tokens
 from .metrics import LensStatistics
 from .metrics import entropy as shannon_entropy
+from .sublayers import lens_rows, resolve_mid_points
 from .trace import SequenceRecord, TraceMetadata, TraceWriter
 from .trace.schema import label_texts
+from .tuned_lens import TunedLens
 
 __all__ = ["EntropyLens", "TraceRecorder", "parse_lens_dtype", "parse_prompt_rows"]
 
@@ -100,6 +102,14 @@ class EntropyLens:
     over them needs about twice that), whatever the batch, depth and vocabulary.
     ``layers`` / ``final_norm`` / ``unembedding`` override the lens resolution for
     models it cannot resolve on its own.
+    ``sublayers=True`` also reads every decoder layer's residual after its attention step and
+    before its MLP (:mod:`.sublayers`): ``2 x layers + 1`` lens rows named ``embeddings,
+    1.attn, 1.mlp, 2.attn, ...``; blocks whose attention and MLP run in parallel are refused
+    with an :class:`UnsupportedModelError`. Every row also records ``kl_final``, the KL
+    divergence (nats) of the model's final distribution from the row's.
+    ``lens`` is a :class:`~entropylens_hf.tuned_lens.TunedLens` to record through instead
+    of the logit lens (``TunedLens.load(path)``); one trained for another model, or for
+    other rows (whole layers vs ``sublayers``), is refused.
     """
 
     def __init__(
@@ -116,6 +126,8 @@ class EntropyLens:
         layers: torch.nn.ModuleList | None = None,
         final_norm: torch.nn.Module | None = None,
         unembedding: torch.nn.Module | None = None,
+        sublayers: bool = False,
+        lens: TunedLens | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -132,19 +144,30 @@ class EntropyLens:
         self.lens_dtype = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
         self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.sublayers = bool(sublayers)  # a probe forward pass finds the mid points: after cheap checks
+        self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
+        self.layer_names, self.layer_kinds = lens_rows(len(self.lens.layers), self.sublayers)
+        self._record_kl = True  # benchmarks/sublayers_kl.py measures the cost of KL by turning it off
+        self.tuned_lens = lens
+        if lens is not None:
+            lens.check_model(model, self.lens)
+            lens.check_rows(self.layer_kinds)
+            self.lens.translator = lens.to(self.lens.device)
 
     # -- trace metadata
     def metadata(self) -> TraceMetadata:
         cfg = self.model.config
         return TraceMetadata(
             model_name=self.model_name,
-            num_layers=self.lens.num_layers,
-            layer_names=self.lens.layer_names,
+            num_layers=len(self.layer_names),
+            layer_names=self.layer_names,
+            layer_kinds=self.layer_kinds,
             vocab_size=self.lens.vocab_size,
             top_k=self.top_k,
             renyi_alphas=self.renyi_alphas,
             tokenizer_name=getattr(self.tokenizer, "name_or_path", "") or "",
             model_config=cfg.to_diff_dict() if hasattr(cfg, "to_diff_dict") else {},
+            lens=self.tuned_lens.trace_lens() if self.tuned_lens is not None else {"kind": "logit"},
         )
 
     def _token_bytes(self) -> int:
@@ -194,7 +217,8 @@ class EntropyLens:
 
         model.generate = generate
         try:
-            with ResidualCapture(self.lens.layers, head=self.lens.unembedding) as capture:
+            mids = None if self.mid_points is None else [p.module for p in self.mid_points]
+            with ResidualCapture(self.lens.layers, head=self.lens.unembedding, mids=mids) as capture:
                 recorder._capture = capture
                 yield recorder
         finally:
@@ -579,36 +603,22 @@ class TraceRecorder(LogitsProcessor):
         With ``head`` ``[R, V]`` (the model's logits) the last layer comes from it and
         ``residuals`` hold the other layers only.
         """
-        n, layers, d = residuals.shape
+        n, width, _ = residuals.shape
         lens = self.lens
         if self._workspace is None:
             self._workspace = lens.lens.new_workspace(lens.max_logits)
-        per_layer = [
-            _by_row(
-                lens.lens.statistics(
-                    residuals.reshape(n * layers, d),
-                    top_k=lens.top_k,
-                    targets=targets.unsqueeze(1).expand(n, layers).reshape(-1),
-                    alphas=lens.renyi_alphas,
-                    max_logits=lens.max_logits,
-                    workspace=self._workspace,
-                    dtype=lens.lens_dtype,
-                ),
-                n,
-                layers,
-            )
-        ]
-        if head is not None:
-            per_layer.append(
-                _by_row(
-                    lens.lens.head_statistics(
-                        head, top_k=lens.top_k, targets=targets, alphas=lens.renyi_alphas, max_logits=lens.max_logits
-                    ),
-                    n,
-                    1,
-                )
-            )
-        out = {k: torch.cat([p[k] for p in per_layer], dim=1) for k in per_layer[0]}
+        stats = lens.lens.token_statistics(
+            residuals,
+            top_k=lens.top_k,
+            targets=targets,
+            head_logits=head,
+            alphas=lens.renyi_alphas,
+            max_logits=lens.max_logits,
+            workspace=self._workspace,
+            dtype=lens.lens_dtype,
+            kl=lens._record_kl,
+        )
+        out = _by_row(stats, n, width + (head is not None))
         out["renyi"] = out["renyi"].transpose(1, 2)  # [R, A, L]
         return out
 
@@ -656,6 +666,7 @@ class TraceRecorder(LogitsProcessor):
                         [np.full(state.prompt_rows[b], np.nan, dtype=np.float32), out_entropy[b, :n_generated]]
                     ),
                     renyi=arrays["renyi"],
+                    kl_final=arrays["kl"] if self.lens._record_kl else None,
                     renyi_alphas=self.lens.renyi_alphas,
                     labels=state.row_labels[b],
                     prompt_text=_decode(tokenizer, prompt) if state.row_prompt_texts is None else state.row_prompt_texts[b],
@@ -726,7 +737,7 @@ def _by_row(stats: LensStatistics, n: int, layers: int) -> dict[str, torch.Tenso
     """Flat ``[n * layers, ...]`` lens statistics as ``[n, layers, ...]``."""
     return {
         name: getattr(stats, name).reshape(n, layers, *getattr(stats, name).shape[1:])
-        for name in ("entropy", "topk_ids", "topk_probs", "target_prob", "target_rank", "renyi")
+        for name in ("entropy", "topk_ids", "topk_probs", "target_prob", "target_rank", "renyi", "kl")
     }
 
 

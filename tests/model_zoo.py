@@ -44,10 +44,16 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised model of ``family``, in eval mode, weights made non-trivial."""
+def tiny_model(family: str, seed: int = 0, **config) -> torch.nn.Module:
+    """A randomly initialised model of ``family``, in eval mode, weights made non-trivial.
+
+    ``config`` overrides fields of the family's tiny config (e.g. ``use_parallel_residual=False``).
+    """
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(FAMILIES[family]())
+    cfg = FAMILIES[family]()
+    for name, value in config.items():
+        setattr(cfg, name, value)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
     # Some families initialise norms/biases to exact identities; perturb so a missing
     # norm or bias in the lens would show.
     with torch.no_grad():

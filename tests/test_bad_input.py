@@ -215,7 +215,8 @@ def test_exporting_an_empty_trace_writes_the_header(tmp_path):
     TraceWriter(trace, META).close()
     assert main(["export", str(trace), "--out", str(tmp_path / "x.csv")]) == 0
     assert (tmp_path / "x.csv").read_text().splitlines() == [
-        "sequence,position,token_id,token,is_prompt,output_entropy,entropy_0,entropy_1,entropy_2"
+        "sequence,position,token_id,token,is_prompt,output_entropy,entropy_0,entropy_1,entropy_2,"
+        "kl_final_0,kl_final_1,kl_final_2"
     ]
 
 

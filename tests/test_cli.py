@@ -136,3 +136,38 @@ def test_bad_prompt_rows_fail_before_the_model_loads(prompts_jsonl, tmp_path, ca
     assert _record(tmp_path / "no-such-model", prompts_jsonl, out, *extra) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_record_sublayers_writes_attention_and_mlp_rows_with_kl(tiny_model_dir, prompts_jsonl, tmp_path, capsys):
+    out = tmp_path / "t.h5"
+    assert _record(tiny_model_dir, prompts_jsonl, out, "--sublayers") == 0
+    with Trace.open(out) as trace:
+        m = trace.metadata
+        assert m.sublayers and m.layer_kinds == ("emb", "attn", "mlp", "attn", "mlp")
+        assert m.layer_names == ("embeddings", "1.attn", "1.mlp", "2.attn", "2.mlp")
+        seq = trace[0]
+        assert seq.kl_final.shape == seq.entropy.shape == (seq.n_rows, 5)
+        assert (seq.kl_final[:, -1] == 0).all() and (seq.kl_final[:, :-1] > 0).all()
+    assert main(["sublayers", str(out), "--label", "task"]) == 0
+    assert "by attn" in capsys.readouterr().out
+
+
+def test_record_sublayers_of_a_parallel_block_model_is_one_line_and_no_file(tiny_model_dir, prompts_jsonl, tmp_path,
+                                                                             capsys):
+    import torch
+    from model_zoo import FAMILIES
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = FAMILIES["gptj"]()
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    folder = tmp_path / "gptj"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "t.h5"
+    assert _record(folder, prompts_jsonl, out, "--sublayers") == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the loading bars
+    assert len(lines) == 1 and lines[0].startswith("entropylens record: error: GPTJForCausalLM")
+    err = lines[0]
+    assert "in parallel off the same input" in err and not out.exists()

@@ -16,6 +16,14 @@ def test_quickstart_runs_and_prints_profiles(tmp_path):
     assert out.stdout.count("entropy per layer (nats):") == 2 and (tmp_path / "q.h5").exists()
 
 
+def test_tuned_lens_figure_plots_the_bundled_lens_evaluation(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = subprocess.run([sys.executable, str(EXAMPLES / "tuned_lens_kl.py"), "--out", str(tmp_path / "kl.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "kl.png").read_bytes()[:4] == b"\x89PNG" and out.stdout.count("logit ") == 6
+
+
 @pytest.mark.timeout(1800)
 def test_reproduce_paper_quick_writes_every_section_with_figures_and_verdicts(tmp_path):
     """The report script runs end to end on the shipped example models (the --quick setting, for CI)."""
@@ -58,3 +66,18 @@ def test_reproduce_paper_real_model_quick_writes_every_section_through_the_chat_
     for figure in ("profiles.png", "steps.png"):
         assert f"]({figure})" in report and (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert report.count("Verdict: **") >= 4
+
+
+def test_sublayers_kl_example_draws_the_figure_on_the_bundled_model(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    # In-process: the script's main, without paying for a second interpreter's torch import.
+    spec = importlib.util.spec_from_file_location("sublayers_kl_example", EXAMPLES / "sublayers_kl.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--real-model", "none", "--tokens", "3", "--per-task", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sublayers_kl.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "== bundled model" in summary and "most frequent pruning sites" in summary
+    assert "mean KL to final per lens layer (nats):" in summary and summary in capsys.readouterr().out

@@ -131,3 +131,15 @@ def test_a_bfloat16_load_records_within_stated_tolerance_of_float32(one_by_one):
     diff = np.abs(low.entropy - reference)
     assert diff.mean() < 0.05 and diff.max() < 0.75
     assert np.abs(low.entropy.mean(0) - reference.mean(0)).max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_mid_point_of_every_layer_is_found_in_float32_and_bfloat16(smollm2_dir, dtype):
+    """bfloat16 residuals of this model reach 2e4 (one outlier dimension from layer 12 on), far
+    above its attention steps (norm ~40): the probe must still see h + attention(h)."""
+    from entropylens_hf.lens import resolve_decoder_layers
+    from entropylens_hf.sublayers import resolve_mid_points
+
+    model, _ = smollm2(dtype=dtype)
+    layers = resolve_decoder_layers(model)
+    assert [p.module for p in resolve_mid_points(model, layers)] == [layer.post_attention_layernorm for layer in layers]

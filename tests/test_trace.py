@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -68,7 +69,8 @@ def test_a_trace_without_a_stored_vocabulary_reads_none_and_one_with_it_survives
 
 def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path):
     pytest.importorskip("pandas")
-    records = [make_record(5, 2, 0), make_record(4, 1, 1)]
+    kl = np.arange(12, dtype=np.float32).reshape(4, 3)
+    records = [replace(make_record(5, 2, 0), kl_final=kl), make_record(4, 1, 1)]  # the second without KL
     with TraceWriter(tmp_path / "t.h5", META) as w:
         w.write(records)
     with Trace.open(tmp_path / "t.h5") as trace:
@@ -76,6 +78,10 @@ def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path)
         long = trace.to_dataframe(layout="long")
     assert len(wide) == 4 + 3 and list(wide.filter(like="entropy_").columns) == ["entropy_0", "entropy_1", "entropy_2"]
     np.testing.assert_array_equal(wide[wide.sequence == 1].filter(like="entropy_").to_numpy(), records[1].entropy)
+    np.testing.assert_array_equal(wide[wide.sequence == 0].filter(like="kl_final_").to_numpy(), kl)
+    assert list(wide.filter(like="kl_final_").columns) == ["kl_final_0", "kl_final_1", "kl_final_2"]
+    assert wide[wide.sequence == 1].filter(like="kl_final_").isna().all().all()
+    assert long[(long.sequence == 0) & (long.position == 3) & (long.layer == 2)].kl_final.item() == kl[2, 2]
     assert wide.is_prompt.tolist() == [True, False, False, False, False, False, False]
     assert len(long) == 7 * 3
     row = long[(long.sequence == 0) & (long.position == 2) & (long.layer == 1)].iloc[0]
@@ -88,7 +94,7 @@ def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path)
         (lambda p: None, "no such trace file"),
         (lambda p: p.write_text("hello"), "not an HDF5 file"),
         (lambda p: h5py.File(p, "w").close(), "not an entropylens trace"),
-        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.mkdir(), "a folder without trace shards"),  # a folder is read as a run of shards
     ],
 )
 def test_bad_paths_give_one_clear_line(tmp_path, make, message):

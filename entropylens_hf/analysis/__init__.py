@@ -5,6 +5,7 @@ Modules, one responsibility each:
 
 * :mod:`.profiles` - token, sequence (mean or windowed) and group profiles; depth rescaling.
 * :mod:`.dynamics` - entropy steps per layer, expansion vs pruning, layers of maximal change.
+* :mod:`.attribution` - expansion and pruning by attention vs MLP steps (sub-layer traces).
 * :mod:`.classify` - k-NN cross-validation of a label from profiles, with a dummy baseline.
 * :mod:`.fingerprint` - 2-D embedding of profiles of several models (PCA or t-SNE), as a figure.
 * :mod:`.evaluation` - teacher-forced scoring: multiple choice, next-token accuracy, text profiles.
@@ -40,6 +41,14 @@ _EXPORTS = {
     "LayerDynamics": ".dynamics",
     "layer_dynamics": ".dynamics",
     "group_dynamics": ".dynamics",
+    "SublayerSteps": ".attribution",
+    "sublayer_steps": ".attribution",
+    "StepSites": ".attribution",
+    "step_sites": ".attribution",
+    "SublayerShares": ".attribution",
+    "sublayer_shares": ".attribution",
+    "trace_sublayer_shares": ".attribution",
+    "format_sublayer_shares": ".attribution",
     "ClassificationResult": ".classify",
     "knn_cross_validate": ".classify",
     "classify_trace": ".classify",
@@ -63,6 +72,8 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._support import AnalysisError
+    from .attribution import (StepSites, SublayerShares, SublayerSteps, format_sublayer_shares, step_sites,
+                              sublayer_shares, sublayer_steps, trace_sublayer_shares)
     from .classify import ClassificationResult, classify_trace, format_classification, knn_cross_validate
     from .dynamics import (EXPANSION, PRUNING, LayerDynamics, entropy_steps, extreme_layers, group_dynamics,
                            layer_dynamics, step_kinds, top_layers)

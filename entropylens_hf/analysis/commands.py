@@ -127,8 +127,48 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sublayers(args: argparse.Namespace) -> int:
+    from ..trace import Trace
+    from .attribution import format_sublayer_shares, step_sites, trace_sublayer_shares
+    from .dynamics import EXPANSION, PRUNING
+    from .profiles import token_profiles
+
+    with Trace.open(args.trace) as trace:
+        shares = trace_sublayer_shares(trace, args.label, rows=args.rows)
+        kinds = trace.metadata.layer_kinds
+        counts = {EXPANSION: {}, PRUNING: {}}
+        tokens = 0
+        for record in trace:
+            for profile in token_profiles(record, rows=args.rows):
+                tokens += 1
+                for kind in counts:
+                    for row in step_sites(profile, kinds, kind, coverage=args.coverage).rows:
+                        counts[kind][row] = counts[kind].get(row, 0) + 1
+    print(format_sublayer_shares(shares, label=args.label))
+    overall = next(iter(shares.values())) if len(shares) == 1 else None
+    if overall is not None:
+        print("mean entropy step per layer (nats): attention / MLP")
+        for i, (a, m) in enumerate(zip(overall.mean_attention, overall.mean_mlp), start=1):
+            print(f"  layer {i:>3}  {a:+.3f} / {m:+.3f}")
+    for kind, name in ((EXPANSION, "expansion"), (PRUNING, "pruning")):
+        top = sorted(counts[kind].items(), key=lambda kv: -kv[1])[:6]
+        listed = ", ".join(f"{row} {100 * c / max(tokens, 1):.0f}%" for row, c in top) or "none"
+        print(f"{name} sites (steps doing {100 * args.coverage:.0f}% of a token's {name}; share of tokens): {listed}")
+    return 0
+
+
+def _coverage(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``classify``, ``skip-eval`` and ``fingerprint`` to the ``entropylens`` command."""
+    """Add ``classify``, ``skip-eval``, ``fingerprint`` and ``sublayers`` to the ``entropylens`` command."""
     cls = subparsers.add_parser("classify", help="predict a label of each sequence from its entropy profile (k-NN, CV)")
     cls.add_argument("trace")
     cls.add_argument("--label", required=True, help="the stored label to predict, e.g. task")
@@ -168,3 +208,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fp.add_argument("--alpha", type=_alpha, default=None, help="use the recorded Rényi entropy of this order")
     fp.add_argument("--seed", type=int, default=0)
     fp.set_defaults(func=cmd_fingerprint)
+
+    sl = subparsers.add_parser("sublayers", help="expansion and pruning by attention vs MLP (a --sublayers trace)")
+    sl.add_argument("trace")
+    sl.add_argument("--label", default=None, help="report per value of this stored label, e.g. task")
+    sl.add_argument("--rows", choices=["generated", "prompt", "all"], default="generated",
+                    help="which token rows to use (default: generated)")
+    sl.add_argument("--coverage", type=_coverage, default=0.8,
+                    help="a token's sites are its strongest steps doing this fraction of its pruning/expansion (default 0.8)")
+    sl.set_defaults(func=cmd_sublayers)

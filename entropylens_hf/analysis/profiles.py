@@ -120,18 +120,22 @@ def profile_matrix(
     rows: Rows = "generated",
     depth_points: int | None = None,
     indices: Sequence[int] | None = None,
+    sublayers: bool = False,
 ) -> ProfileSet:
     """Sequence profiles of every (or the given) sequence of a trace.
 
     With ``depth_points`` each window's profile is first resampled onto that many points of
     normalised depth (:func:`rescale_depth`), so traces of models of different depth give
     features of the same size. Sequences with too few rows are skipped and listed, not fatal.
+    A sub-layer trace gives its whole-layer profile (embeddings + one row per layer, as a plain
+    trace would), unless ``sublayers=True`` keeps its attention rows too.
     """
     chosen = range(len(trace)) if indices is None else indices
+    columns = np.arange(trace.metadata.num_layers) if sublayers else trace.metadata.whole_layer_rows
     features, labels, kept, skipped = [], [], [], []
     for i in chosen:
         record = trace[int(i)]
-        profiles = token_profiles(record, alpha=alpha, rows=rows)
+        profiles = token_profiles(record, alpha=alpha, rows=rows)[:, columns]
         n_windows = windows or 1
         if profiles.shape[0] < n_windows or profiles.shape[0] == 0:
             skipped.append(int(i))
@@ -142,13 +146,13 @@ def profile_matrix(
         features.append(means.reshape(-1))
         labels.append(dict(record.labels))
         kept.append(int(i))
-    width = (windows or 1) * (depth_points or trace.metadata.num_layers)
+    width = (windows or 1) * (depth_points or len(columns))
     return ProfileSet(
         features=np.array(features, dtype=np.float64).reshape(len(features), width),
         labels=tuple(labels),
         indices=np.array(kept, dtype=np.int64),
         skipped=tuple(skipped),
-        num_layers=trace.metadata.num_layers,
+        num_layers=len(columns),
         model_name=trace.metadata.model_name,
     )
 

@@ -2,7 +2,8 @@
 
 One module per part: :mod:`.schema` (layout, version, records, file attributes),
 :mod:`.storage` (opening files, extendable columns), :mod:`.writer`, :mod:`.reader` and
-:mod:`.recovery` (a file left open by a killed writer). Nothing here knows about models
+:mod:`.recovery` (a file left open by a killed writer), :mod:`.shards` (a run folder of
+shard files, one per process, read as one trace). Nothing here knows about models
 or imports torch, so the viewer can use it.
 """
 
@@ -12,7 +13,8 @@ from ..errors import TraceError
 from .reader import Trace
 from .recovery import recover_trace
 from .schema import FORMAT_NAME, SCHEMA_VERSION, SequenceRecord, TraceMetadata
+from .shards import ShardedTrace, merge_shards
 from .writer import TraceWriter
 
 __all__ = ["SCHEMA_VERSION", "FORMAT_NAME", "TraceMetadata", "SequenceRecord", "TraceWriter", "Trace", "TraceError",
-           "recover_trace"]
+           "recover_trace", "ShardedTrace", "merge_shards"]

@@ -63,8 +63,14 @@ class Trace:
         """Open a trace for reading; raises :class:`TraceError` with one clear line on bad input.
 
         ``partial=True`` also shows sequences that are not complete (see the class docstring).
+        A folder is read as a run of shard files (one per process of a data-parallel
+        recording): a :class:`~entropylens_hf.trace.shards.ShardedTrace`, with this same API.
         """
         path = Path(path)
+        if path.is_dir():
+            from .shards import ShardedTrace
+
+            return ShardedTrace.open(path, partial=partial)
         try:
             f = _open_h5(path, "r")
         except _UncleanFile as exc:  # only for non-SWMR writers; say what happened
@@ -345,9 +351,10 @@ class Trace:
     def to_dataframe(self, layout: str = "wide", sequences: Sequence[int] | None = None):
         """A pandas DataFrame of the trace (needs ``pip install entropylens-hf[export]``).
 
-        ``layout="wide"``: one row per token row, columns ``entropy_0 .. entropy_{L-1}``;
-        ``layout="long"``: one row per (token row, layer) with entropy, target prob/rank and
-        the top-1 prediction.
+        ``layout="wide"``: one row per token row, columns ``entropy_0 .. entropy_{L-1}`` and
+        ``kl_final_0 .. kl_final_{L-1}``; ``layout="long"``: one row per (token row, layer) with
+        entropy, KL to the final layer (``kl_final``), target prob/rank and the top-1 prediction.
+        KL is NaN where it was not recorded (version-1 files).
         """
         try:
             import pandas as pd
@@ -375,11 +382,14 @@ class Trace:
                 cols["output_entropy"] = s.output_entropy
                 for layer in range(L):
                     cols[f"entropy_{layer}"] = s.entropy[:, layer]
+                for layer in range(L):
+                    cols[f"kl_final_{layer}"] = s.kl_final[:, layer]
                 frames.append(pd.DataFrame(cols))
             else:
                 cols = {k: np.repeat(np.asarray(v), L) for k, v in base.items()}
                 cols["layer"] = np.tile(np.arange(L), n)
                 cols["entropy"] = s.entropy.reshape(-1)
+                cols["kl_final"] = s.kl_final.reshape(-1)
                 cols["target_prob"] = s.target_prob.reshape(-1)
                 cols["target_rank"] = s.target_rank.reshape(-1)
                 cols["top1_id"] = s.topk_ids[:, :, 0].reshape(-1)
@@ -388,9 +398,11 @@ class Trace:
         if not frames:  # no sequences: the same columns, no rows (a CSV still gets its header)
             base = ["sequence", "position", "token_id", "token", "is_prompt", *(f"label_{k}" for k in label_keys)]
             if layout == "wide":
-                columns = [*base, "output_entropy", *(f"entropy_{layer}" for layer in range(self.metadata.num_layers))]
+                layers = range(self.metadata.num_layers)
+                columns = [*base, "output_entropy", *(f"entropy_{layer}" for layer in layers),
+                           *(f"kl_final_{layer}" for layer in layers)]
             else:
-                columns = [*base, "layer", "entropy", "target_prob", "target_rank", "top1_id", "top1_prob"]
+                columns = [*base, "layer", "entropy", "kl_final", "target_prob", "target_rank", "top1_id", "top1_prob"]
             return pd.DataFrame(columns=columns)
         return pd.concat(frames, ignore_index=True)
 

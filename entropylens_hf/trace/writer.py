@@ -304,6 +304,18 @@ class TraceWriter:
 
 
 def _check_compatible(path: Path, existing: TraceMetadata, new: TraceMetadata) -> None:
+    diffs = settings_differences(existing, new)
+    if diffs:
+        raise TraceError(
+            f"{path}: cannot append, the trace was recorded with different settings ("
+            + "; ".join(diffs)
+            + "); write to a new file or use the same settings"
+        )
+
+
+def settings_differences(existing: TraceMetadata, new: TraceMetadata) -> list[str]:
+    """``["top_k 10 vs 5", ...]``: what keeps ``new`` from joining the sequences of ``existing``
+    (appending to a file, or one more shard of a run folder)."""
     diffs = []
     if existing.model_name != new.model_name:
         diffs.append(f"model {existing.model_name!r} vs {new.model_name!r}")
@@ -319,12 +331,7 @@ def _check_compatible(path: Path, existing: TraceMetadata, new: TraceMetadata) -
         diffs.append(f"lens {_lens_text(existing)} vs {_lens_text(new)}")
     if existing.layer_kinds != new.layer_kinds:
         diffs.append(f"{_rows_text(existing)} vs {_rows_text(new)}")
-    if diffs:
-        raise TraceError(
-            f"{path}: cannot append, the trace was recorded with different settings ("
-            + "; ".join(diffs)
-            + "); write to a new file or use the same settings"
-        )
+    return diffs
 
 
 

@@ -12,6 +12,8 @@ import pyqtgraph as pg
 import pyqtgraph.exporters  # noqa: F401 - registers the PNG/SVG exporters
 from PySide6 import QtCore, QtGui, QtSvg, QtWidgets
 
+from .lens_panels import KLPlot, PromptComparePlot, SublayerMarks
+from .lens_rows import lens_title
 from .model import TraceError, ViewerState, visible_token
 from .widgets import (
     AggregatePlot,
@@ -60,7 +62,9 @@ class MainWindow(QtWidgets.QMainWindow):
         left = QtWidgets.QWidget()
         left_layout = QtWidgets.QVBoxLayout(left)
         left_layout.setContentsMargins(4, 4, 4, 4)
-        for w in (QtWidgets.QLabel("trace"), self.trace_box, self.text_filter, self.label_filter, self.table):
+        self.lens_info = QtWidgets.QLabel(wordWrap=True)  # which lens read the shown trace
+        for w in (QtWidgets.QLabel("trace"), self.trace_box, self.lens_info, self.text_filter, self.label_filter,
+                  self.table):
             left_layout.addWidget(w)
 
         # right: heatmap, predictions, playback; tabs below
@@ -72,6 +76,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.chosen = ChosenTokenPlot(self.state)
         self.aggregate = AggregatePlot(self.state)
         self.compare = ComparePlot(self.state)
+        self.kl = KLPlot(self.state)
+        self.prompt_compare = PromptComparePlot(self.state)
+        self.sublayer_marks = SublayerMarks(self.heatmap)
         token_panel = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
         token_panel.addWidget(self.profile)
         token_panel.addWidget(self.topk)
@@ -79,8 +86,13 @@ class MainWindow(QtWidgets.QMainWindow):
         token_panel.setSizes([360, 230, 360])
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(token_panel, "token")
+        self.tabs.addTab(self.kl, "KL to final")
         self.tabs.addTab(self.aggregate, "mean profile")
-        self.tabs.addTab(self.compare, "compare traces")
+        compare_panel = QtWidgets.QSplitter(QtCore.Qt.Horizontal)
+        compare_panel.addWidget(self.compare)
+        compare_panel.addWidget(self.prompt_compare)
+        compare_panel.setSizes([450, 500])
+        self.tabs.addTab(compare_panel, "compare traces")
         top = QtWidgets.QWidget()
         top_layout = QtWidgets.QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
@@ -105,6 +117,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.label_filter.currentIndexChanged.connect(self._on_label_filter)
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.state.traces_changed.connect(self._render_traces)
+        self.state.sequences_changed.connect(self._render_title)
         self.state.sequence_changed.connect(self._render_status)
         self.state.problem.connect(lambda message: QtWidgets.QMessageBox.warning(self, "Damaged trace", message))
         self.state.row_changed.connect(self._render_status)
@@ -124,7 +137,9 @@ class MainWindow(QtWidgets.QMainWindow):
         file.addAction("Export token profile as PNG/SVG…", lambda: self.export_plot_dialog(self.profile))
         file.addAction("Export chosen-token plot as PNG/SVG…", lambda: self.export_plot_dialog(self.chosen))
         file.addAction("Export mean profile as PNG/SVG…", lambda: self.export_plot_dialog(self.aggregate))
+        file.addAction("Export KL-to-final plot as PNG/SVG…", lambda: self.export_plot_dialog(self.kl))
         file.addAction("Export comparison as PNG/SVG…", lambda: self.export_plot_dialog(self.compare))
+        file.addAction("Export prompt comparison as PNG/SVG…", lambda: self.export_plot_dialog(self.prompt_compare))
         file.addAction("Export visible sequences as CSV…", self.export_csv_dialog)
         file.addSeparator()
         file.addAction("&Quit", QtGui.QKeySequence.Quit, self.close)
@@ -230,6 +245,13 @@ class MainWindow(QtWidgets.QMainWindow):
         if rows:
             self.state.select_sequence(self.table_model.rows[rows[0].row()])
 
+    def _render_title(self) -> None:
+        """The window title names the shown trace's file and lens (logit / tuned, sub-layers)."""
+        trace = self.state.trace
+        title = f" — {lens_title(trace.trace.metadata, trace.path)}" if trace else ""
+        self.setWindowTitle("Entropy-Lens viewer" + title)
+        self.lens_info.setText(lens_title(trace.trace.metadata) if trace else "")
+
     def _render_status(self) -> None:
         seq = self.state.sequence
         if seq is None:
@@ -275,7 +297,8 @@ class MainWindow(QtWidgets.QMainWindow):
         rows = 0
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["sequence", "position", "token", "is_prompt", "layer", "entropy", "target_prob", "target_rank", "top1"])
+            writer.writerow(["sequence", "position", "token", "is_prompt", "layer", "entropy", "target_prob", "target_rank", "top1",
+                             "kl_final"])
             for i in self.state.visible_sequences():
                 seq = trace.sequence(i)
                 for r in range(seq.n_rows):
@@ -283,7 +306,8 @@ class MainWindow(QtWidgets.QMainWindow):
                     for layer in range(seq.entropy.shape[1]):
                         writer.writerow([i, seq.first_target + r, token, not seq.is_generated[r], layer,
                                          f"{seq.entropy[r, layer]:.6g}", f"{seq.target_prob[r, layer]:.6g}",
-                                         int(seq.target_rank[r, layer]), trace.token_text(seq.topk_ids[r, layer, 0])])
+                                         int(seq.target_rank[r, layer]), trace.token_text(seq.topk_ids[r, layer, 0]),
+                                         f"{seq.kl_final[r, layer]:.6g}"])
                         rows += 1
         return rows
 
@@ -296,7 +320,8 @@ class MainWindow(QtWidgets.QMainWindow):
 def main(argv: Sequence[str] | None = None) -> int:
     """``entropylens-view [TRACE ...]``: open the viewer; returns the exit code."""
     parser = argparse.ArgumentParser(prog="entropylens-view", description="Replay entropylens traces layer by layer.")
-    parser.add_argument("traces", nargs="*", help="trace files (.h5) to open")
+    parser.add_argument("traces", nargs="*",
+                        help="trace files (.h5) or run folders (RUN/, one shard file per process) to open")
     parser.add_argument("--follow", action="store_true",
                         help="show each new sequence as soon as it appears (e.g. a chat being recorded)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

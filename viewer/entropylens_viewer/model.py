@@ -56,7 +56,8 @@ class OpenTrace:
 
     @property
     def name(self) -> str:
-        return f"{self.path.name} ({self.trace.metadata.model_name})"
+        m = self.trace.metadata
+        return f"{self.path.name} ({m.model_name}, {m.lens_kind} lens{', sub-layers' if m.sublayers else ''})"
 
     def sequence(self, index: int) -> SequenceRecord:
         if index in self._cache:
@@ -160,6 +161,11 @@ class ViewerState:
     @property
     def num_layers(self) -> int:
         return self.trace.trace.metadata.num_layers if self.trace else 0
+
+    @property
+    def depths(self) -> np.ndarray:
+        """Decoder depth of each lens row of the current trace (``k.attn`` at k - 0.5): the x of profiles."""
+        return np.asarray(self.trace.trace.metadata.depths, dtype=float) if self.trace else np.zeros(0)
 
     def refresh(self) -> int:
         """Pick up what changed in every open trace since the last look (live following).

@@ -8,6 +8,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from entropylens_hf.trace import TraceMetadata
+
+from .lens_rows import STEP_NAMES, row_labels, step_kinds
 from .model import ViewerState, visible_token
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k", imageAxisOrder="row-major")
@@ -15,6 +18,7 @@ pg.setConfigOptions(antialias=True, background="w", foreground="k", imageAxisOrd
 EXPANSION_BRUSH = (214, 39, 40, 60)  # entropy rises: more candidates
 PRUNING_BRUSH = (31, 119, 180, 60)  # entropy falls: fewer candidates
 PROMPT_BRUSH = (128, 128, 128, 40)
+KIND_COLOURS = {"attn": (255, 127, 14), "mlp": (44, 160, 44)}  # sub-layer rows and the steps into them
 STATUS_MARKS = {0: "●", 2: "◌"}  # in the sequence list: being written, not finished (stopped)
 MAX_TICK_LABELS = 60
 
@@ -124,20 +128,51 @@ class TokenAxis(pg.AxisItem):
 
 
 class LayerAxis(pg.AxisItem):
-    """Left axis with one tick per layer, centred on its row of cells."""
+    """Left axis labelling each lens row (``emb``, ``3``, ``3.attn``, ``3.mlp``), centred on its cells.
+
+    When not every row fits, only the embeddings and whole-layer rows are labelled (thinned
+    further if need be), so a 61-row sub-layer trace stays readable. A strip along the axis
+    marks attention rows and MLP rows in the colours of their steps in the profile.
+    """
+
+    STRIP = 5  # pixels
 
     def __init__(self):
         super().__init__("left")
         self.names: tuple[str, ...] = ()
+        self.major: tuple[int, ...] = ()
+        self.kinds: tuple[str, ...] = ()
+
+    def set_rows(self, metadata: TraceMetadata) -> None:
+        self.names = row_labels(metadata)
+        self.major = tuple(int(i) for i in metadata.whole_layer_rows)
+        self.kinds = tuple(metadata.layer_kinds)
+        self.picture = None
+        self.update()
 
     def tickValues(self, minVal, maxVal, size):  # noqa: N802, N803 - pyqtgraph API
         if not self.names:
             return super().tickValues(minVal, maxVal, size)
-        step = max(1, int(np.ceil(len(self.names) / max(1, size / 16))))
-        return [(step, [i + 0.5 for i in range(0, len(self.names), step)])]
+        fits = max(1, int(size / 16))
+        rows = list(range(len(self.names))) if len(self.names) <= fits else list(self.major or range(len(self.names)))
+        step = max(1, int(np.ceil(len(rows) / fits)))
+        return [(step, [i + 0.5 for i in rows[::step]])]
 
     def tickStrings(self, values, scale, spacing):  # noqa: N802
-        return [("emb" if int(v) == 0 else str(int(v))) if 0 <= int(v) < len(self.names) else "" for v in values]
+        return [self.names[int(v)] if 0 <= int(v) < len(self.names) else "" for v in values]
+
+    def drawPicture(self, p, axisSpec, tickSpecs, textSpecs):  # noqa: N802, N803 - pyqtgraph API
+        super().drawPicture(p, axisSpec, tickSpecs, textSpecs)
+        view = self.linkedView()
+        if view is None or not any(kind in KIND_COLOURS for kind in self.kinds):
+            return
+        right = self.mapRectFromParent(self.geometry()).right()
+        for i, kind in enumerate(self.kinds):
+            if kind in KIND_COLOURS:
+                top = self.mapFromScene(view.mapViewToScene(QtCore.QPointF(0, i + 1))).y()
+                bottom = self.mapFromScene(view.mapViewToScene(QtCore.QPointF(0, i))).y()
+                p.fillRect(QtCore.QRectF(right - self.STRIP, top, self.STRIP, bottom - top),
+                           QtGui.QColor(*KIND_COLOURS[kind]))
 
 
 class HeatmapView(pg.PlotWidget):
@@ -181,7 +216,7 @@ class HeatmapView(pg.PlotWidget):
             self.axis.tokens = []
             self.live_marker.setVisible(False)
             return
-        self.layer_axis.names = self.state.trace.trace.metadata.layer_names
+        self.layer_axis.set_rows(self.state.trace.trace.metadata)
         n, layers = seq.entropy.shape
         self.colorbar.setLevels((0.0, max(1e-6, float(np.nanmax(seq.entropy)) if n else 1.0)))
         prompt_rows = int((~seq.is_generated).sum())
@@ -310,8 +345,40 @@ class PredictionRow(QtWidgets.QTextBrowser):
 # ---------------------------------------------------------------------- drill-down
 
 
+class StepKindCurves:
+    """Over a profile, the steps into attention rows and into MLP rows drawn in their colours.
+
+    The step from ``k-1.mlp`` to ``k.attn`` is attention's, from ``k.attn`` to ``k.mlp`` the
+    MLP's. Whole-layer traces have neither kind, and nothing is drawn.
+    """
+
+    def __init__(self, plot: pg.PlotWidget):
+        self.curves = {kind: plot.plot([], [], pen=pg.mkPen(colour, width=3), connect="pairs")
+                       for kind, colour in KIND_COLOURS.items()}
+
+    def set_profile(self, x: np.ndarray, y: np.ndarray, kinds: tuple[str, ...]) -> None:
+        for kind, curve in self.curves.items():
+            steps = np.flatnonzero(np.asarray(kinds) == kind)  # step i goes from row i to row i + 1
+            curve.setData(np.column_stack([x[steps], x[steps + 1]]).ravel(),
+                          np.column_stack([y[steps], y[steps + 1]]).ravel(), connect="pairs")
+
+    def clear(self) -> None:
+        for curve in self.curves.values():
+            curve.setData([], [])
+
+    @staticmethod
+    def legend(kinds: tuple[str, ...]) -> str:
+        """Title HTML naming the step colours present in ``kinds`` ("" for whole-layer traces)."""
+        return " ".join(f"<span style='color:{_css((*KIND_COLOURS[kind], 255))}'>&#9473; {STEP_NAMES[kind]}</span>"
+                        for kind in KIND_COLOURS if kind in kinds)
+
+
 class ProfilePlot(pg.PlotWidget):
-    """The selected token's entropy against layer, expansion and pruning steps shaded."""
+    """The selected token's entropy against layer, expansion and pruning steps shaded.
+
+    In a sub-layer trace, x is the decoder depth (``k.attn`` at k - 0.5) and attention and
+    MLP steps are drawn in their own colours.
+    """
 
     def __init__(self, state: ViewerState):
         super().__init__()
@@ -319,24 +386,35 @@ class ProfilePlot(pg.PlotWidget):
         self.setLabel("left", "entropy (nats)")
         self.setLabel("bottom", "layer (0 = embeddings)")
         self.curve = self.plot([], [], pen=pg.mkPen("k", width=2), symbol="o", symbolSize=5)
+        self.steps = StepKindCurves(self)
         self.layer_line = pg.InfiniteLine(angle=90, pen=pg.mkPen((120, 120, 120), style=QtCore.Qt.DashLine))
         self.addItem(self.layer_line)
         self.regions: list[pg.LinearRegionItem] = []
         state.row_changed.connect(self.redraw)
         state.sequence_changed.connect(self.redraw)
-        state.layer_changed.connect(lambda: self.layer_line.setPos(self.state.layer))
+        state.layer_changed.connect(self._render_layer)
+
+    def _render_layer(self) -> None:
+        if self.state.trace is not None:
+            self.layer_line.setPos(self.state.depths[self.state.layer])
 
     def redraw(self) -> None:
         seq, row = self.state.sequence, self.state.row
         if seq is None or row is None:
             self.curve.setData([], [])
+            self.steps.clear()
             for region in self.regions:
                 region.hide()
             self.setTitle("click a token in the heatmap")
             return
         profile = seq.entropy[row]
-        _integer_ticks(self, len(profile))
-        self.curve.setData(np.arange(len(profile)), profile)
+        x = self.state.depths
+        kinds = step_kinds(self.state.trace.trace.metadata)
+        _integer_ticks(self, int(x[-1]) + 1)
+        self.curve.setData(x, profile)
+        self.steps.set_profile(x, profile, kinds)
+        legend = StepKindCurves.legend(kinds)
+        self.curve.setPen(pg.mkPen(None) if legend else pg.mkPen("k", width=2))  # the coloured steps are the line
         # Regions are reused, never re-created: cheaper, and nothing is left for Qt to leak.
         steps = np.diff(profile)
         while len(self.regions) < len(steps):
@@ -346,15 +424,16 @@ class ProfilePlot(pg.PlotWidget):
             self.regions.append(region)
         for layer, region in enumerate(self.regions):
             if layer < len(steps):
-                region.setRegion((layer, layer + 1))
+                region.setRegion((x[layer], x[layer + 1]))
                 region.setBrush(EXPANSION_BRUSH if steps[layer] > 0 else PRUNING_BRUSH)
                 region.show()
             else:
                 region.hide()
         token = html.escape(repr(visible_token(seq.token_texts[seq.first_target + row])))
         self.setTitle(f"token {token} &nbsp; <span style='color:{_css(EXPANSION_BRUSH)}'>&#9632; expansion</span>"
-                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>", size="10pt")
-        self.layer_line.setPos(self.state.layer)
+                      f" <span style='color:{_css(PRUNING_BRUSH)}'>&#9632; pruning</span>"
+                      + (f"<br>{legend}" if legend else ""), size="10pt")
+        self.layer_line.setPos(x[self.state.layer])
 
 
 class TopKTable(QtWidgets.QTableWidget):
@@ -413,8 +492,8 @@ class ChosenTokenPlot(pg.GraphicsLayoutWidget):
             self.rank.setData([], [])
             self.title.setText("chosen token")
             return
-        layers = np.arange(seq.entropy.shape[1])
-        _integer_ticks(self.rank_plot, len(layers))
+        layers = self.state.depths
+        _integer_ticks(self.rank_plot, int(layers[-1]) + 1)
         self.prob.setData(layers, seq.target_prob[row])
         ranks = seq.target_rank[row] + 1.0
         self.rank.setData(layers, ranks)
@@ -449,8 +528,8 @@ class AggregatePlot(pg.PlotWidget):
         if self.state.trace is None:
             return
         mean, std, count = self.state.mean_profile()
-        x = np.arange(len(mean))
-        _integer_ticks(self, len(mean))
+        x = self.state.depths[: len(mean)]
+        _integer_ticks(self, int(x[-1]) + 1 if len(x) else 0)
         self.mean.setData(x, mean)
         self.upper.setData(x, mean + std)
         self.lower.setData(x, mean - std)
@@ -467,7 +546,7 @@ class ComparePlot(pg.PlotWidget):
         self.state = state
         self.setLabel("left", "entropy (nats)")
         self.setLabel("bottom", "normalised depth (0 = embeddings, 1 = last layer)")
-        self.legend = self.addLegend(offset=(-10, 10))
+        self.legend = self.addLegend(offset=(-10, 10), labelTextSize="8pt")
         self.curves: list[pg.PlotDataItem] = []
         state.traces_changed.connect(self.redraw)
         state.sequences_changed.connect(self.redraw)
