@@ -55,6 +55,21 @@ TINY_CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama folder with :data:`TINY_CHAT_TEMPLATE` as its tokenizer's chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf_dir(tiny_model_dir, tmp_path_factory):
     """A folder holding one float32 GGUF of the tiny Llama, with a chat template and add_bos_token set."""
     from gguf_writer import write_llama_gguf

@@ -9,25 +9,11 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_CHAT_TEMPLATE
 from transformers import AutoTokenizer
 
 from entropylens_hf import Trace
 
 CLI = "import sys; from entropylens_hf.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-@pytest.fixture(scope="module")
-def chat_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny Llama with a chat template (its tokenizer's own special tokens)."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 class Terminal:
@@ -82,9 +68,9 @@ def _ask_and_interrupt(term, out, text, count):
     return term.read_until("you> ")
 
 
-def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a_reply(chat_model_dir, tmp_path):
+def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a_reply(tiny_chat_model_dir, tmp_path):
     out = tmp_path / "chat.h5"
-    term = _chat(chat_model_dir, out, "--max-new-tokens", "1500", "--live-interval", "0.1")
+    term = _chat(tiny_chat_model_dir, out, "--max-new-tokens", "1500", "--live-interval", "0.1")
     try:
         term.read_until("you> ")
         first = _ask_and_interrupt(term, out, "the quick brown fox", 1)
@@ -106,7 +92,7 @@ def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a
         assert [t for _, t in turns] == ["1", "2", "1"] and turns[0][0] == turns[1][0]
         one, two, three = trace
         # the second turn's prompt is the whole conversation through the template, the cut reply included
-        tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
         reply = tokenizer.decode(one.token_ids[one.prompt_length :], skip_special_tokens=True)
         assert two.prompt_text.startswith("<s>user\nthe quick brown fox</s>\n<s>assistant\n" + reply.strip())
         assert "import os" in two.prompt_text and "quick" not in three.prompt_text
