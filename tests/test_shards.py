@@ -64,6 +64,8 @@ def test_a_folder_reads_as_one_trace_in_prompt_order(run_folder):
             assert trace.sequence_lengths[i] == 5 + s % 4
             assert np.allclose(trace.mean_profiles[i], expected.entropy[expected.is_generated].mean(0))
         assert trace.mean_entropies.shape == (8,) and trace.prompt_lengths.tolist() == [2] * 8
+        assert trace.row_counts.tolist() == [s.n_rows for s in trace] and trace.statuses.tolist() == [1] * 8
+        assert not trace.being_written
         # run ids index the runs of every shard; each run names its shard
         runs = trace.runs()
         assert [r["shard"] for r in runs] == ["rank-00000-of-00002.h5"] * 2 + ["rank-00001-of-00002.h5"]
@@ -146,11 +148,17 @@ def test_info_and_export_accept_a_folder(run_folder, tmp_path, capsys):
     assert sorted(set(frame["sequence"])) == list(range(8))
 
 
-def test_the_viewer_opens_a_folder(run_folder):
-    model = pytest.importorskip("entropylens_viewer.model")
-    state = model.ViewerState()
-    opened = state.open(run_folder)
-    assert len(opened.trace) == 8 and state.visible_sequences() == list(range(8))
+def test_the_viewer_opens_a_folder_and_follows_it(run_folder, qtbot, tmp_path):
+    app = pytest.importorskip("entropylens_viewer.app")
+    from PySide6 import QtCore
+
+    window = app.MainWindow(settings=QtCore.QSettings(str(tmp_path / "s.ini"), QtCore.QSettings.IniFormat))
+    window.live_timer.stop()
+    qtbot.addWidget(window)
+    assert window.open_path(run_folder)
+    assert window.table_model.rowCount() == 8 and window.state.visible_sequences() == list(range(8))
+    subprocess.run([sys.executable, "-c", APPEND, str(run_folder / "rank-00000-of-00002.h5"), "9"], check=True)
+    assert window.state.refresh() == 1 and window.table_model.rowCount() == 9
 
 
 # ---------------------------------------------------------------------- distributed.py

@@ -217,6 +217,19 @@ class ShardedTrace:
         return self._gather_array([shard.prompt_lengths for shard in self._shards])
 
     @property
+    def row_counts(self) -> np.ndarray:
+        return self._gather_array([shard.row_counts for shard in self._shards])
+
+    @property
+    def statuses(self) -> np.ndarray:
+        return self._gather_array([shard.statuses for shard in self._shards])
+
+    @property
+    def being_written(self) -> bool:
+        """Whether a writer holds any shard now (a run still recording)."""
+        return any(shard.being_written for shard in self._shards)
+
+    @property
     def mean_profiles(self) -> np.ndarray:
         return self._gather_array([shard.mean_profiles for shard in self._shards])
 
