@@ -4,7 +4,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import SUBLAYER_ENTROPY, V1_TRACE, write_synthetic_trace
+from synthetic_traces import SUBLAYER_ENTROPY, V1_TRACE, write_synthetic_trace
 from PySide6 import QtCore, QtWidgets
 
 from entropylens_hf.trace import Trace, TraceMetadata
