@@ -1,4 +1,5 @@
-"""Data parallel or threads? Throughput of 2 processes x 1 thread vs 1 process x 2 threads, side by side.
+"""Data parallel or threads? Throughput of 2 processes x 1 thread vs 1 process x 2 threads, side by side
+(and 1 process x 1 thread as the control).
 
 Both configurations record the same prompts (the first ``--prompts`` of the bundled task
 prompts, greedy, ``--tokens`` new tokens, batch 8, every prompt row) into a fresh run folder
@@ -6,6 +7,7 @@ through the package's own path (``distributed.prepare_share`` then ``record_prom
 
   dp 2x1      : ``torchrun --standalone --nproc-per-node 2``, OMP_NUM_THREADS=1 per process
   threads 1x2 : one process, OMP_NUM_THREADS=2
+  single 1x1  : one process, OMP_NUM_THREADS=1 (the control: what either adds to one core)
 
 The time measured is the recording phase (every process has loaded its model; a barrier; the
 slowest process's ``record_prompts``), so process start-up and model loading, which a long
@@ -71,7 +73,7 @@ def run(config: str, model_name: str, count: int, tokens: int) -> dict:
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                        str(HERE), *args]
         else:
-            env["OMP_NUM_THREADS"] = "2"
+            env["OMP_NUM_THREADS"] = "2" if config == "threads 1x2" else "1"
             command = [sys.executable, str(HERE), *args]
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -93,7 +95,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
-    configs = ["dp 2x1", "threads 1x2"]
+    configs = ["dp 2x1", "threads 1x2", "single 1x1"]
     print(f"{os.cpu_count()} CPUs; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{args.prompts} prompts x {args.tokens} new tokens, batch 8, {args.rounds} interleaved rounds", flush=True)
     for model_name in args.models.split(","):
@@ -107,9 +109,10 @@ def main() -> None:
                       f"command {res['wall']:6.2f} s; load {os.getloadavg()[0]:.2f}", flush=True)
         ratios = [t["seconds"] / d["seconds"] for d, t in zip(results["dp 2x1"], results["threads 1x2"])]
         walls = [t["wall"] / d["wall"] for d, t in zip(results["dp 2x1"], results["threads 1x2"])]
+        single = [s["seconds"] / d["seconds"] for d, s in zip(results["dp 2x1"], results["single 1x1"])]
         print(f"{model_name}: dp 2x1 records {statistics.median(ratios):.2f}x the throughput of threads 1x2 "
               f"(median of {len(ratios)} rounds: {', '.join(f'{x:.2f}' for x in ratios)}); whole command "
-              f"{statistics.median(walls):.2f}x", flush=True)
+              f"{statistics.median(walls):.2f}x; {statistics.median(single):.2f}x that of single 1x1", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
