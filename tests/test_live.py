@@ -124,6 +124,8 @@ def test_live_recording_stores_exactly_what_normal_recording_stores(llama, tmp_p
                 assert y.complete
                 _same(y, x)
                 np.testing.assert_allclose(y.kl_final, x.kl_final, rtol=1e-4, atol=1e-6)
+        # compacted on close: no larger than the same data written at once, though written step by step
+        assert (tmp_path / f"live{interval}.h5").stat().st_size < 1.25 * (tmp_path / "normal.h5").stat().st_size
 
 
 def test_stop_ends_the_call_and_keeps_its_rows_as_abandoned(llama, tmp_path):

@@ -30,30 +30,33 @@ def recover_trace(path: str | os.PathLike) -> int:
         lock.release()
 
 
-def _recover(path: Path) -> int:
-    """:func:`recover_trace` for a caller that holds the writer lock."""
-    with Trace.open(path, partial=True) as src:
-        meta = src.metadata
-        records = []
-        for i in range(len(src)):
-            try:
-                record = src[i]
-            except TraceError:
-                continue
-            if record.n_rows:  # an in-progress sequence reads complete=False: written as abandoned
-                records.append(record)
-        runs = src.runs()
-        vocabulary = src.vocabulary
+def _recover(path: Path, batch: int = 256) -> int:
+    """:func:`recover_trace` for a caller that holds the writer lock.
+
+    Sequences are copied ``batch`` at a time, so memory stays bounded whatever the file size.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".recover", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
+    kept = 0
     try:
-        with TraceWriter(tmp, meta, vocabulary=vocabulary) as w:
-            for run in runs:
+        with Trace.open(path, partial=True) as src, TraceWriter(tmp, src.metadata, vocabulary=src.vocabulary) as w:
+            for run in src.runs():
                 w._append_run(run)
-            w.write(records)
+            records = []
+            for i in range(len(src)):
+                try:
+                    record = src[i]
+                except TraceError:
+                    continue
+                if record.n_rows:  # an in-progress sequence reads complete=False: written as abandoned
+                    records.append(record)
+                if len(records) == batch:
+                    kept += len(w.write(records))
+                    records = []
+            kept += len(w.write(records))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return len(records)
+    return kept

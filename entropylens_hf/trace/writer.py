@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -61,6 +62,7 @@ class TraceWriter:
         self._space: SpaceReservation | None = None
         self._failed: TraceError | None = None
         self._live: "LiveBatch | None" = None
+        self._went_live = False  # live writes leave superseded chunk versions behind: compact on close
         if not self.path.parent.is_dir():
             raise TraceError(f"{self.path}: the folder {self.path.parent} does not exist")
         # The lock comes before anything else: a live writer's file is never touched, and a
@@ -105,7 +107,28 @@ class TraceWriter:
             if self._space is not None:
                 self._space.close()
                 self._space = None
-            self._lock.release()
+            try:
+                if self._went_live and self._failed is None:
+                    self._compact()
+            finally:
+                self._lock.release()
+
+    def _compact(self) -> None:
+        """Rewrite the file without the space live writes left unused (still under the lock).
+
+        Why: each live write recompresses the last, partly filled chunk of every row column
+        and HDF5 does not reuse the superseded versions, so a live file is several times the
+        size of the same data written at once. Readers following the file reopen the fresh
+        copy on their next refresh. If compacting fails (no room for the copy), the live
+        file stays as it is, complete and readable.
+        """
+        from .recovery import _recover
+
+        self._went_live = False
+        try:
+            _recover(self.path)
+        except (OSError, TraceError) as exc:
+            warnings.warn(f"{self.path}: left uncompacted ({exc})", stacklevel=3)
 
     @property
     def num_sequences(self) -> int:
@@ -195,6 +218,7 @@ class TraceWriter:
         if self._live is not None:
             raise TraceError(f"{self.path}: a live batch is already open; finish or abandon it first")
         self._live = LiveBatch(self, records, extra, token_bytes)
+        self._went_live = True
         return self._live
 
     @contextlib.contextmanager
