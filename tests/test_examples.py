@@ -29,7 +29,9 @@ def test_reproduce_paper_quick_writes_every_section_with_figures_and_verdicts(tm
     """The report script runs end to end on the shipped example models (the --quick setting, for CI)."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    out = subprocess.run([sys.executable, str(EXAMPLES / "reproduce_paper.py"), "--quick", "--out", str(tmp_path)],
+    # --quick, and smaller still: the run time is mostly the layer-skipping study, which --mc-limit and --seeds bound
+    out = subprocess.run([sys.executable, str(EXAMPLES / "reproduce_paper.py"), "--quick", "--mc-limit", "20", "--seeds", "1",
+                          "--new-tokens", "8", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
