@@ -73,6 +73,11 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _check_live_interval(value: float) -> None:
+    if not value >= 0:
+        raise EntropyLensError(f"--live-interval {value}: must be >= 0 seconds")
+
+
 def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[list, list[float]]:
     """Every check ``record`` can make before the model loads; returns the prompts and Rényi orders.
 
@@ -86,6 +91,7 @@ def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[l
         raise EntropyLensError(f"--temperature {args.temperature}: must be above 0 when sampling (greedy: leave out --sample)")
     if not 0 < args.top_p <= 1:
         raise EntropyLensError(f"--top-p {args.top_p}: must be in (0, 1]")
+    _check_live_interval(args.live_interval)
     alphas = _parse_alphas(args.renyi)
     if any(not a >= 0 for a in alphas):
         raise EntropyLensError(f"--renyi {args.renyi}: Rényi orders must be >= 0 (inf allowed)")
@@ -192,7 +198,7 @@ def _record(lens, prompts: Sequence, out: Path, args: argparse.Namespace, chat: 
 
     _check_prompt_lengths(prompts, lens.tokenizer, lens.model, args.max_new_tokens, chat=chat)
     return record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat, progress=progress,
-                          **_generation_kwargs(args))
+                          live=args.live, live_interval=args.live_interval, **_generation_kwargs(args))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -547,8 +553,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     for option, value in (("--max-new-tokens", args.max_new_tokens), ("--top-k", args.top_k)):
         if value < 1:
             raise EntropyLensError(f"{option} {value}: must be at least 1")
-    if not args.live_interval >= 0:
-        raise EntropyLensError(f"--live-interval {args.live_interval}: must be >= 0 seconds")
+    _check_live_interval(args.live_interval)
     if args.sample and not args.temperature > 0:
         raise EntropyLensError(f"--temperature {args.temperature}: must be above 0 when sampling")
     from .trace import Trace
@@ -649,6 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="logit (default): the logit lens; tuned: the tuned lens stored with the model "
                           "(tuned_lens.safetensors in its folder; the bundled model has one); FILE: a tuned lens "
                           "written by `entropylens train-lens`")
+    rec.add_argument("--live", action="store_true",
+                     help="write each batch's rows while it is generated, so a viewer following the trace sees them grow")
+    rec.add_argument("--live-interval", type=float, default=1.0,
+                     help="with --live: seconds between live writes at most (default 1)")
     rec.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for every prompt (repeatable)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=cmd_record)

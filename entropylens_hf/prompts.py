@@ -127,6 +127,8 @@ def record_prompts(
     batch_size: int = 8,
     progress: bool = True,
     chat: bool = False,
+    live: bool = False,
+    live_interval: float = 1.0,
     **generate_kwargs: Any,
 ) -> tuple[int, int]:
     """Record every prompt not yet in ``path``; returns ``(recorded, skipped)``.
@@ -134,6 +136,9 @@ def record_prompts(
     Prompts are batched with left padding; each batch is committed to the file as soon
     as its ``generate`` call returns. With ``chat`` (implied when a prompt has ``messages``)
     every prompt is rendered through the tokenizer's chat template, see :func:`tokenize_prompts`.
+    ``live`` writes each batch's rows while it is generated (``EntropyLens.record(live=True)``);
+    a prompt whose sequence was left unfinished is not counted as recorded and is recorded
+    again on the next run.
     """
     from tqdm.auto import tqdm
 
@@ -154,7 +159,7 @@ def record_prompts(
     todo = [p for p in prompts if p.key not in done]
     tokenizer, model = lens.tokenizer, lens.model
     device = next(model.parameters()).device
-    with lens.record(path) as rec, tqdm(total=len(todo), disable=not progress, unit="prompt") as bar:
+    with lens.record(path, live=live, live_interval=live_interval) as rec, tqdm(total=len(todo), disable=not progress, unit="prompt") as bar:
         for batch in _batches(todo, batch_size):
             inputs, texts = tokenize_prompts(tokenizer, batch, chat=chat)
             inputs = inputs.to(device)

@@ -3,6 +3,7 @@
 import json
 
 import h5py
+import numpy as np
 import pytest
 
 from entropylens_hf import Trace
@@ -42,6 +43,30 @@ def test_record_writes_every_prompt_with_its_labels_and_resumes(tiny_model_dir, 
     assert "recorded 1 prompt(s)" in printed and "skipped 3 already in the file" in printed
     with Trace.open(out) as trace:
         assert len(trace) == 4 and trace.prompt_texts[-1].strip() == "the lazy dog"
+
+
+def test_record_live_writes_what_a_normal_recording_writes_and_a_bad_interval_is_refused_before_loading(
+        tiny_model_dir, prompts_jsonl, tmp_path, capsys, monkeypatch):
+    from entropylens_hf.trace.writer import TraceWriter
+
+    normal, live = tmp_path / "normal.h5", tmp_path / "live.h5"
+    assert _record(tiny_model_dir, prompts_jsonl, normal) == 0
+    calls, begin_live = [], TraceWriter.begin_live
+    monkeypatch.setattr(TraceWriter, "begin_live", lambda self, *a, **k: calls.append(1) or begin_live(self, *a, **k))
+    assert _record(tiny_model_dir, prompts_jsonl, live, "--live", "--live-interval", "0") == 0
+    assert len(calls) == 2  # one live call per batch of 2 prompts
+    with Trace.open(normal) as a, Trace.open(live, partial=True) as b:
+        assert len(b) == 3 and all(s.complete for s in b) and b.keys == a.keys
+        for x, y in zip(a, b):
+            assert x.token_ids.tolist() == y.token_ids.tolist()
+            np.testing.assert_allclose(y.entropy, x.entropy, rtol=1e-4, atol=1e-5)
+    import entropylens_hf.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["record", str(tiny_model_dir), "--prompts", str(prompts_jsonl), "--out", str(tmp_path / "x.h5"),
+                 "--live", "--live-interval", "-1"]) == 2
+    assert "--live-interval -1.0: must be >= 0 seconds" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_plain_text_prompt_file_and_sampling_with_seed_reproduce(tiny_model_dir, tmp_path):
