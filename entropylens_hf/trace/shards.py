@@ -238,19 +238,6 @@ class ShardedTrace:
         return self._gather_array([shard.mean_entropies for shard in self._shards])
 
     @property
-    def row_counts(self) -> np.ndarray:
-        return self._gather_array([shard.row_counts for shard in self._shards])
-
-    @property
-    def statuses(self) -> np.ndarray:
-        return self._gather_array([shard.statuses for shard in self._shards])
-
-    @property
-    def being_written(self) -> bool:
-        """Whether a writer holds any of the shards now."""
-        return any(shard.being_written for shard in self._shards)
-
-    @property
     def num_rows(self) -> int:
         return sum(shard.num_rows for shard in self._shards)
 
