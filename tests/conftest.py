@@ -70,6 +70,27 @@ def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def endless_chat_model_dir(tiny_chat_model_dir, tmp_path_factory):
+    """The tiny chat model with no end-of-sequence token and a context of a million positions.
+
+    A reply from it can only end by Ctrl-C or by ``--max-new-tokens``, so a test that interrupts
+    a reply finds it still running however fast the machine is (a random model with an EOS token
+    ends a long reply by chance, sooner on a faster machine).
+    """
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("endless-chat")
+    shutil.copytree(tiny_chat_model_dir, folder, dirs_exist_ok=True)
+    for name, changes in (("config.json", {"eos_token_id": None, "max_position_embeddings": 1_000_000}),
+                          ("generation_config.json", {"eos_token_id": None})):
+        settings = json.loads((folder / name).read_text())
+        settings.update(changes)
+        (folder / name).write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf_dir(tiny_model_dir, tmp_path_factory):
     """A folder holding one float32 GGUF of the tiny Llama, with a chat template and add_bos_token set."""
     from gguf_writer import write_llama_gguf

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from entropylens_hf import Trace
 
+MAX_NEW = 500_000  # never reached: every reply in the scripted chat is ended by Ctrl-C
 CLI = "import sys; from entropylens_hf.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -55,22 +56,28 @@ def _chat(model_dir, out, *options):
 
 
 def _ask_and_interrupt(term, out, text, count):
-    """Type ``text``, wait until the reply has 3 tokens in the file (sequence ``count``), press Ctrl-C."""
+    """Type ``text``, wait until the reply has 3 tokens in the file (sequence ``count``), press Ctrl-C.
+
+    The model cannot end a reply by itself (``endless_chat_model_dir``), so the reply is still
+    being generated when the signal arrives, on any machine.
+    """
     term.type(text)
     term.read_until("model> ")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
+    deadline = time.monotonic() + 120  # a guard against a hang, not a speed assumption
+    while True:
         with Trace.open(out, partial=True) as trace:
             if len(trace) == count and trace[count - 1].n_generated >= 3:
                 break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"reply {count} never reached 3 tokens in {out}")
+        time.sleep(0.05)
     term.proc.send_signal(signal.SIGINT)
     return term.read_until("you> ")
 
 
-def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a_reply(tiny_chat_model_dir, tmp_path):
+def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a_reply(endless_chat_model_dir, tmp_path):
     out = tmp_path / "chat.h5"
-    term = _chat(tiny_chat_model_dir, out, "--max-new-tokens", "1500", "--live-interval", "0.1")
+    term = _chat(endless_chat_model_dir, out, "--max-new-tokens", str(MAX_NEW), "--live-interval", "0.1")
     try:
         term.read_until("you> ")
         first = _ask_and_interrupt(term, out, "the quick brown fox", 1)
@@ -87,12 +94,12 @@ def test_a_scripted_chat_records_each_reply_live_with_its_turn_and_ctrl_c_ends_a
     with Trace.open(out) as trace:
         assert len(trace) == 0  # every reply was cut short: analyses and export do not see them
     with Trace.open(out, partial=True) as trace:
-        assert list(trace.statuses) == [2, 2, 2] and all(3 <= seq.n_generated < 1500 for seq in trace)
+        assert list(trace.statuses) == [2, 2, 2] and all(3 <= seq.n_generated < MAX_NEW for seq in trace)
         turns = [(lab["conversation"], lab["turn"]) for lab in trace.labels]
         assert [t for _, t in turns] == ["1", "2", "1"] and turns[0][0] == turns[1][0]
         one, two, three = trace
         # the second turn's prompt is the whole conversation through the template, the cut reply included
-        tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(endless_chat_model_dir)
         reply = tokenizer.decode(one.token_ids[one.prompt_length :], skip_special_tokens=True)
         assert two.prompt_text.startswith("<s>user\nthe quick brown fox</s>\n<s>assistant\n" + reply.strip())
         assert "import os" in two.prompt_text and "quick" not in three.prompt_text

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,35 +177,28 @@ def test_live_needs_a_file_and_a_sane_interval(llama):
 # ---------------------------------------------------------------------- a reader and a crash, across processes
 
 
-def _worker(path, *lengths):
+def _worker(path, *args):
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(WORKER), str(path), *map(str, lengths)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen([sys.executable, str(WORKER), str(path), *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_rows(path, rows, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            try:
-                with Trace.open(path, partial=True) as trace:
-                    if len(trace) and trace.row_counts[-1] >= rows:
-                        return
-            except TraceError:
-                pass
-        time.sleep(0.02)
-    raise AssertionError(f"no sequence with {rows} rows appeared in {path}")
+def _expect_line(proc, expected):
+    line = proc.stdout.readline().strip()
+    assert line == expected, f"the live worker said {line!r}, expected {expected!r} (exit code {proc.poll()})"
 
 
 def test_a_reader_sees_live_rows_whole_and_a_killed_writer_leaves_them_for_recovery(tmp_path):
     path = tmp_path / "t.h5"
-    proc = _worker(path, 3, 1500)
+    proc = _worker(path, 3, "--paced", 1500)  # the second call waits for the reader after every step
     snapshots = []
     try:
-        assert proc.stdout.readline().strip() == "done 0"
-        _wait_for_rows(path, 1)
+        _expect_line(proc, "done 0")
         with Trace.open(path, partial=True) as trace:
-            while len(snapshots) < 400 and (not snapshots or snapshots[-1].n_rows < 40):
+            for step in range(1, 200):
+                _expect_line(proc, f"step {step}")  # step `step` is in the file; the writer waits
+                proc.stdin.write("go\n")
+                proc.stdin.flush()  # the writer now writes step + 1 while this reads
                 trace.refresh()
                 seq = trace[1]
                 # every visible row is whole: texts match ids, top-1 probabilities were written
@@ -214,6 +206,8 @@ def test_a_reader_sees_live_rows_whole_and_a_killed_writer_leaves_them_for_recov
                 assert seq.entropy.shape[0] == len(seq.token_ids) - seq.first_target
                 assert (seq.topk_probs[:, :, 0] > 0).all() and np.isfinite(seq.entropy).all()
                 snapshots.append(seq)
+                if seq.n_rows >= 40:
+                    break
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

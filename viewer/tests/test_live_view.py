@@ -3,13 +3,11 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PySide6 import QtCore
 
-from entropylens_hf.trace import Trace, TraceError
 from entropylens_viewer.app import MainWindow
 
 WORKER = Path(__file__).resolve().parents[2] / "tests" / "live_worker.py"
@@ -24,25 +22,26 @@ def window(qtbot, tmp_path):
     return w
 
 
-def _rows_in_file(path, index):
-    try:
-        with Trace.open(path, partial=True) as trace:
-            return trace.row_counts[index] if len(trace) > index else 0
-    except TraceError:
-        return 0
-
-
 def test_a_growing_sequence_extends_in_place_keeping_selection_layer_and_zoom_and_follow_shows_new_ones(
         window, tmp_path):
     path = tmp_path / "live.h5"
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(path), "3", "40", "2"], stdout=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(path), "3", "--paced", "40", "2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)  # call 1 waits for "go" after each step
+
+    def step():
+        line = proc.stdout.readline().strip()
+        assert line.startswith("step "), f"the live worker said {line!r}"
+        return int(line.split()[1])
+
+    def go():
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+
     try:
         assert proc.stdout.readline().strip() == "done 0"
-        deadline = time.monotonic() + 60
-        while _rows_in_file(path, 1) < 8 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while step() < 5:  # sequence 1 has its prompt rows and 5 generated tokens; the writer waits
+            go()
         state, heatmap = window.state, window.heatmap
         assert window.open_path(path)
         state.select_sequence(1)
@@ -53,9 +52,10 @@ def test_a_growing_sequence_extends_in_place_keeping_selection_layer_and_zoom_an
         before = state.sequence.n_rows
         resets = []
         state.sequence_changed.connect(lambda: resets.append(1))
-        while state.sequence.n_rows < before + 3 and time.monotonic() < deadline:
-            window.refresh_live()
-            time.sleep(0.05)
+        for _ in range(3):  # three more steps, then the writer waits again
+            go()
+            step()
+        window.refresh_live()
         seq = state.sequence
         assert seq.n_rows >= before + 3 and not resets
         assert state.row == 2 and state.layer == 1
@@ -63,6 +63,7 @@ def test_a_growing_sequence_extends_in_place_keeping_selection_layer_and_zoom_an
         assert heatmap.image.image.shape == (seq.entropy.shape[1], seq.n_rows)
         assert len(heatmap.axis.tokens) == seq.n_rows and window.predictions.plain.count(" ") == seq.n_rows - 1
         heatmap.setXRange(0, seq.n_rows, padding=0)  # the whole sequence in view: the view follows its end
+        proc.stdin.close()  # the worker stops waiting and finishes the call
         assert proc.stdout.readline().strip() == "done 1"
         window.refresh_live()
         seq = state.sequence
