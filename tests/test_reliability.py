@@ -233,7 +233,7 @@ def test_a_flipped_metadata_byte_gives_a_damaged_trace_line_within_seconds(tmp_p
     _written(good)
     bad = _flip(good, 60, tmp_path / "bad.h5")
     for command in (("info", bad), ("export", bad, "--out", tmp_path / "x.csv")):
-        result = _cli(*command, timeout=60)  # a subprocess: before the fix this hung for good
+        result = _cli(*command, timeout=180)  # a subprocess: before the fix this hung for good
         assert result.returncode == 2 and "damaged trace" in result.stderr and str(bad) in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 

@@ -62,7 +62,7 @@ def test_playback_fills_the_heatmap_and_forms_the_prediction_row(qtbot, window, 
     assert np.isnan(shown[1:]).all() and np.isfinite(shown[0]).all()
     assert window.predictions.plain == " ".join(window.state.top_predictions(0))
     window.state.set_speed(30)
-    qtbot.waitUntil(lambda: not window.state.playing, timeout=3000)
+    qtbot.waitUntil(lambda: not window.state.playing, timeout=30000)  # a guard, not a speed bound
     assert window.state.layer == 2 and np.isfinite(window.heatmap.image.image).all()
     assert window.playback.slider.value() == 2
     qtbot.keyClick(window, QtCore.Qt.Key_Left)
