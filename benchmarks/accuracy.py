@@ -27,7 +27,7 @@ from unittest import mock
 
 import torch
 
-import entropylens_hf.lens as lens_module
+import entropylens_hf.lens.logit as lens_module
 from common import machine, prompt_texts, real_model
 from entropylens_hf.capture import ResidualCapture
 from entropylens_hf.lens import LogitLens

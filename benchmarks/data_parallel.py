@@ -40,7 +40,7 @@ def worker(model_name: str, folder: Path, count: int, tokens: int) -> None:
     from entropylens_hf import EntropyLens
     from entropylens_hf.distributed import RunGroup, launch, prepare_share
     from entropylens_hf.loading import load_model
-    from entropylens_hf.models import _ASSETS
+    from entropylens_hf.models.bundled import _ASSETS
     from entropylens_hf.prompts import read_prompts, record_prompts
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

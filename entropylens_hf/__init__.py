@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS = {
-    "EntropyLens": ".recorder",
-    "TraceRecorder": ".recorder",
-    "LogitLens": ".lens",
-    "TunedLens": ".tuned_lens",
+    "EntropyLens": ".recording.recorder",
+    "TraceRecorder": ".recording.recorder",
+    "LogitLens": ".lens.logit",
+    "TunedLens": ".lens.tuned",
     "Trace": ".trace",
     "TraceWriter": ".trace",
     "SequenceRecord": ".trace",
@@ -27,20 +27,20 @@ _EXPORTS = {
     "TraceError": ".errors",
     "UnsupportedModelError": ".errors",
     "UnsupportedGenerationError": ".errors",
-    "default_model": ".models",
-    "smollm2": ".fetch",
-    "fetch_model": ".fetch",
+    "default_model": ".models.bundled",
+    "smollm2": ".models.fetch",
+    "fetch_model": ".models.fetch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import EntropyLensError, TraceError, UnsupportedGenerationError, UnsupportedModelError
-    from .fetch import fetch_model, smollm2
-    from .lens import LogitLens
-    from .models import default_model
-    from .recorder import EntropyLens, TraceRecorder
-    from .tuned_lens import TunedLens
+    from .models.fetch import fetch_model, smollm2
+    from .lens.logit import LogitLens
+    from .models.bundled import default_model
+    from .recording.recorder import EntropyLens, TraceRecorder
+    from .lens.tuned import TunedLens
     from .trace import SequenceRecord, Trace, TraceMetadata, TraceWriter
 
 

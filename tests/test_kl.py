@@ -6,7 +6,7 @@ import torch
 from model_zoo import VOCAB, tiny_model
 
 from entropylens_hf.capture import ResidualCapture
-from entropylens_hf.lens import LogitLens, _product_for
+from entropylens_hf.lens.logit import LogitLens, _product_for
 
 
 def _kl_to_last(logits: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from entropylens_hf import EntropyLens
-from entropylens_hf.lens import _product_for, _low_precision_output
+from entropylens_hf.lens.logit import _product_for, _low_precision_output
 from entropylens_hf.models import default_model, demo_prompts_path
 
 

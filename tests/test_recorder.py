@@ -486,7 +486,7 @@ def test_cuda_generation_steps_never_synchronise_with_the_host(monkeypatch, max_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bfloat16_lens_uses_a_float32_output_product_and_stays_close_to_float32():
-    from entropylens_hf.lens import _float32_output, _product_for
+    from entropylens_hf.lens.logit import _float32_output, _product_for
 
     assert _product_for(torch.device("cuda"), torch.bfloat16) is _float32_output
     model = tiny_model("llama").cuda()

@@ -59,7 +59,7 @@ def _read_texts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise EntropyLensError(f"--text {path}: no such file")
-    from ..prompts import read_text
+    from ..recording.prompts import read_text
 
     paragraphs = [p.strip() for p in read_text(file).replace("\r\n", "\n").split("\n\n")]
     paragraphs = [p for p in paragraphs if p]
@@ -82,7 +82,7 @@ def _default_texts() -> list[str]:
 def cmd_skip_eval(args: argparse.Namespace) -> int:
     if args.mc and args.text:
         raise EntropyLensError("give either --mc or --text, not both")
-    from ..loading import load_model
+    from ..models.loading import load_model
     from .evaluation import read_multiple_choice
     from .skipping import format_skip_experiment, skip_experiment
 

@@ -24,10 +24,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..capture import ResidualCapture
-from ..lens import LogitLens
-from ..metrics import entropy, renyi_entropy
-from ..prompts import read_lines
+from ..lens.capture import ResidualCapture
+from ..lens.logit import LogitLens
+from ..lens.metrics import entropy, renyi_entropy
+from ..recording.prompts import read_lines
 from ._support import AnalysisError
 
 __all__ = [

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..lens import resolve_decoder_layers
+from ..lens.logit import resolve_decoder_layers
 from .dynamics import EXPANSION, PRUNING, entropy_steps
 from .evaluation import MultipleChoiceItem, multiple_choice_accuracy, next_token_accuracy, text_profiles
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .metrics import LensStatistics, streaming_lens_statistics
 from .sublayers import lens_rows
 

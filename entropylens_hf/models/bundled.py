@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from .errors import EntropyLensError
+from ..errors import EntropyLensError
 
 __all__ = ["default_model", "default_model_path", "demo_prompts_path"]
 
-_ASSETS = Path(__file__).parent / "assets"
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def default_model_path() -> Path:

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from ._version import __version__
-from .errors import EntropyLensError
-from .outputs import check_output
+from .._version import __version__
+from ..errors import EntropyLensError
+from ..outputs import check_output
 
 if TYPE_CHECKING:
-    from .distributed import Launch
+    from ..recording.distributed import Launch
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ def _parse_alphas(text: str | None) -> list[float]:
 
 def _prompt_rows(args: argparse.Namespace) -> bool | str:
     """``record_prompt`` from --prompt-rows / --no-prompt-rows, checked before the model loads."""
-    from .recorder import parse_prompt_rows
+    from ..recording.recorder import parse_prompt_rows
 
     if args.no_prompt_rows:
         if args.prompt_rows not in (None, "none"):
@@ -102,13 +102,13 @@ def _check_record_args(args: argparse.Namespace, folder: Path | None) -> tuple[l
             torch.device(args.device)
         except RuntimeError:
             raise EntropyLensError(f"--device {args.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    from .prompts import read_prompts
+    from ..recording.prompts import read_prompts
 
     if folder is None:
         out = Path(args.out)
         check_output("--out", out)
-        from .trace import Trace
-        from .trace.locking import lock_holder
+        from ..trace import Trace
+        from ..trace.locking import lock_holder
 
         busy = lock_holder(out)
         if busy is not None:
@@ -150,9 +150,9 @@ def _check_prompt_lengths(prompts: Sequence, tokenizer, model, max_new_tokens: i
 
     With ``chat`` the length is that of the rendered chat template, which is what generates.
     """
-    from .prompts import tokenize_prompts
+    from ..recording.prompts import tokenize_prompts
 
-    from .loading import context_length
+    from ..models.loading import context_length
 
     context = context_length(model)
     if context is None:
@@ -172,8 +172,8 @@ def _load_lens(args: argparse.Namespace, prompt_rows: bool | str, alphas: list[f
     """The model and an :class:`EntropyLens` on it, as ``record``'s options ask."""
     from transformers import set_seed
 
-    from .loading import load_model
-    from .recorder import EntropyLens
+    from ..models.loading import load_model
+    from ..recording.recorder import EntropyLens
 
     lens_file = _lens_file(args.lens, args.model)
     model, tokenizer = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map)
@@ -181,7 +181,7 @@ def _load_lens(args: argparse.Namespace, prompt_rows: bool | str, alphas: list[f
         set_seed(args.seed)
     tuned = None
     if lens_file is not None:
-        from .tuned_lens import TunedLens
+        from ..lens.tuned import TunedLens
 
         tuned = TunedLens.load(lens_file)
     try:
@@ -194,7 +194,7 @@ def _load_lens(args: argparse.Namespace, prompt_rows: bool | str, alphas: list[f
 
 
 def _record(lens, prompts: Sequence, out: Path, args: argparse.Namespace, chat: bool, progress: bool) -> tuple[int, int]:
-    from .prompts import record_prompts
+    from ..recording.prompts import record_prompts
 
     _check_prompt_lengths(prompts, lens.tokenizer, lens.model, args.max_new_tokens, chat=chat)
     return record_prompts(lens, prompts, out, batch_size=args.batch_size, chat=chat, progress=progress,
@@ -202,7 +202,7 @@ def _record(lens, prompts: Sequence, out: Path, args: argparse.Namespace, chat: 
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from .distributed import launch
+    from ..recording.distributed import launch
 
     where = launch()
     folder = _run_folder(args.out, where)
@@ -227,7 +227,7 @@ def _lens_file(value: str, model: str) -> Path | None:
     folder for ``default``, the cache folder of a fetched model, a local model folder, or the
     folder of a GGUF file.
     """
-    from .tuned_lens import LENS_FILE_NAME, read_header
+    from ..lens.tuned import LENS_FILE_NAME, read_header
 
     if value == "logit":
         return None
@@ -251,8 +251,8 @@ def _check_trace_lens(out: Path, lens_file: Path | None) -> None:
     """Refuse, before the model loads, to append to a trace recorded through another lens."""
     if not out.exists():
         return
-    from .trace import Trace
-    from .tuned_lens import file_sha256
+    from ..trace import Trace
+    from ..lens.tuned import file_sha256
 
     with Trace.open(out) as trace:
         recorded = trace.metadata.lens
@@ -266,10 +266,10 @@ def _check_trace_lens(out: Path, lens_file: Path | None) -> None:
 
 def _model_folder(model: str) -> Path | None:
     """The local folder MODEL loads from, if any (without loading it)."""
-    from .fetch import REGISTRY, model_dir
+    from ..models.fetch import REGISTRY, model_dir
 
     if model == "default":
-        from .models import default_model_path
+        from ..models.bundled import default_model_path
 
         return default_model_path()
     if model in REGISTRY:
@@ -284,7 +284,7 @@ def _model_folder(model: str) -> Path | None:
 
 
 def _train_settings(args: argparse.Namespace):
-    from .lens_training import TrainSettings
+    from ..lens.training import TrainSettings
 
     settings = TrainSettings(steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
                              optimizer=args.optimizer, seed=args.seed, held_out=args.held_out,
@@ -294,7 +294,7 @@ def _train_settings(args: argparse.Namespace):
 
 
 def cmd_train_lens(args: argparse.Namespace) -> int:
-    from .lens_training import TextSource, checkpoint_path
+    from ..lens.training import TextSource, checkpoint_path
 
     settings = _train_settings(args)
     out = Path(args.out)
@@ -308,9 +308,9 @@ def cmd_train_lens(args: argparse.Namespace) -> int:
     held_out = TextSource.read(args.eval_text, "--eval-text") if args.eval_text else None
     from transformers import set_seed
 
-    from .lens import LogitLens
-    from .lens_training import kl_table, train_lens
-    from .loading import load_model
+    from ..lens.logit import LogitLens
+    from ..lens.training import kl_table, train_lens
+    from ..models.loading import load_model
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     set_seed(args.seed)
@@ -336,8 +336,8 @@ def _record_into_folder(args: argparse.Namespace, folder: Path, where: "Launch",
     """
     import dataclasses
 
-    from .distributed import RunGroup, pick_device, prepare_share
-    from .trace.writer import settings_differences
+    from ..recording.distributed import RunGroup, pick_device, prepare_share
+    from ..trace.writer import settings_differences
 
     if chat:
         prompts = [p.as_chat() for p in prompts]  # the keys a chat prompt is recorded under
@@ -429,7 +429,7 @@ def summarize(trace) -> str:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .trace.shards import merge_shards
+    from ..trace.shards import merge_shards
 
     folder, out = Path(args.folder), Path(args.out)
     if not folder.is_dir():
@@ -445,7 +445,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .trace import Trace
+    from ..trace import Trace
 
     with Trace.open(args.trace) as trace:
         print(summarize(trace))
@@ -456,7 +456,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .trace import Trace
+    from ..trace import Trace
 
     out = Path(args.out) if args.out else Path(args.trace).with_suffix(f".{args.to}")
     check_output("--out", out)
@@ -496,10 +496,10 @@ def _viewer_main():
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .models import default_model, demo_prompts_path
-    from .prompts import read_prompts, record_prompts
-    from .recorder import EntropyLens
-    from .trace import Trace
+    from ..models.bundled import default_model, demo_prompts_path
+    from ..recording.prompts import read_prompts, record_prompts
+    from ..recording.recorder import EntropyLens
+    from ..trace import Trace
 
     out = Path(args.out)
     check_output("--out", out)
@@ -556,8 +556,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _check_live_interval(args.live_interval)
     if args.sample and not args.temperature > 0:
         raise EntropyLensError(f"--temperature {args.temperature}: must be above 0 when sampling")
-    from .trace import Trace
-    from .trace.locking import lock_holder
+    from ..trace import Trace
+    from ..trace.locking import lock_holder
 
     busy = lock_holder(out)
     if busy is not None:
@@ -568,9 +568,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise EntropyLensError("--view needs the viewer: pip install entropylens-viewer (from a clone: pip install ./viewer)")
     from transformers import set_seed
 
-    from .chat import HELP, ChatSession, run_chat
-    from .loading import load_model
-    from .recorder import EntropyLens
+    from ..recording.chat import HELP, ChatSession, run_chat
+    from ..models.loading import load_model
+    from ..recording.recorder import EntropyLens
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.seed is not None:
@@ -596,7 +596,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import CACHE_ENV, REGISTRY, cache_root, fetch_model, is_fetched, model_dir
+    from ..models.fetch import CACHE_ENV, REGISTRY, cache_root, fetch_model, is_fetched, model_dir
 
     if args.list or args.name is None:
         for spec in REGISTRY.values():
@@ -737,8 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib.util
 
-    if importlib.util.find_spec(f"{__package__}.analysis.commands") is not None:
-        from .analysis.commands import register
+    if importlib.util.find_spec("entropylens_hf.analysis.commands") is not None:
+        from ..analysis.commands import register
 
         register(sub)
     return parser
