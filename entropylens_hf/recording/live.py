@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recorder import TraceRecorder, _CallState
+    from .recorder import TraceRecorder
+    from .state import CallState
     from ..trace.live import LiveBatch
 
 __all__ = ["LiveRecording", "DEFAULT_LIVE_INTERVAL"]
@@ -38,18 +39,18 @@ class LiveRecording:
         self.last_write = time.monotonic()
         self.writes = 0
 
-    def step(self, state: "_CallState") -> None:
+    def step(self, state: "CallState") -> None:
         """After a generation step: write if a block was resolved or the interval has passed."""
         due = time.monotonic() - self.last_write >= self.interval
         if due and state.queued:
-            self.recorder._flush(state)  # resolve the waiting rows now, a thinner product
+            self.recorder.resolve_queued(state)  # resolve the waiting rows now, a thinner product
         if len(state.blocks) > self.blocks_written:
             self.write(state)
         elif due:
             self.last_write = time.monotonic()
 
-    def write(self, state: "_CallState") -> None:
-        records = self.recorder._records(state)
+    def write(self, state: "CallState") -> None:
+        records = self.recorder.sequence_records(state)
         if self.batch is None:
             self.batch = self.recorder.writer.begin_live(records, extra=self.extra, token_bytes=self.token_bytes)
         else:
@@ -70,13 +71,3 @@ class LiveRecording:
         """The call failed or was interrupted: keep what was written, marked abandoned (status 2)."""
         if self.batch is not None:
             self.batch.abandon()
-
-
-def max_new_tokens(model: Any, kwargs: dict, width: int) -> int:
-    """The most tokens this ``generate`` call can add to each sequence (the room a live sequence gets)."""
-    from .recorder import _setting
-
-    new = _setting(model, kwargs, "max_new_tokens", None)
-    if new is None:
-        new = int(_setting(model, kwargs, "max_length", 20)) - width
-    return max(1, int(new))

@@ -27,7 +27,7 @@ import functools
 import math
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -39,7 +39,9 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from ..lens.capture import ResidualCapture
 from ..errors import EntropyLensError, UnsupportedGenerationError
 from ..lens.logit import LogitLens
-from .live import DEFAULT_LIVE_INTERVAL, LiveRecording, max_new_tokens
+from .generation import eos_ids, generation_settings, max_new_tokens, refuse_unsupported_modes, setting
+from .live import DEFAULT_LIVE_INTERVAL, LiveRecording
+from .state import CallState, HostBlock
 from ..lens.metrics import LensStatistics
 from ..lens.metrics import entropy as shannon_entropy
 from ..lens.sublayers import lens_rows, resolve_mid_points
@@ -250,59 +252,6 @@ class EntropyLens:
             return output, rec.last_records
 
 
-@dataclass
-class _CallState:
-    """What one ``generate`` call has accumulated so far; tensors stay on the lens device."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    eos_ids: frozenset[int]
-    row_labels: list[dict[str, str]]
-    row_keys: list[str]
-    run: int
-    row_prompt_texts: list[str] | None = None  # as given (e.g. a rendered chat template); else decoded
-    step: int = 0
-    use_head: bool = False  # the last lens layer comes from the model's own logits
-    rows: torch.Tensor | None = None  # arange(batch): the owner of each queued row
-    eos: torch.Tensor | None = None
-    alive: torch.Tensor | None = None  # [batch] bool: the row has not produced EOS yet
-    prompt_rows: list[int] = field(default_factory=list)  # recorded prompt rows per batch row
-    step_alive: list[torch.Tensor] = field(default_factory=list)  # per step: which rows were generating
-    step_tokens: list[torch.Tensor] = field(default_factory=list)  # per step: the token chosen
-    step_entropy: list[torch.Tensor] = field(default_factory=list)  # per step: entropy of the scores
-    blocks: list["_HostBlock"] = field(default_factory=list)  # resolved rows, in order
-    pending: torch.Tensor | None = None  # [batch, L or L - 1, d] residuals awaiting their target
-    pending_head: torch.Tensor | None = None  # [batch, V] the model's logits for the same position
-    # Rows whose target is known, waiting to be resolved together in one block.
-    queue: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # (owners, residuals, targets, alive, head)
-    queued: int = 0
-
-
-class _HostBlock:
-    """Statistics of one resolved block on their way to the host.
-
-    On CUDA the copies go into pinned memory without waiting for the device; ``arrays()``
-    waits for them only when the call finishes. Elsewhere the tensors are read as they are.
-    """
-
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self._event = None
-        if next(iter(tensors.values())).device.type == "cuda":
-            self._host = {
-                k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
-                for k, v in tensors.items()
-            }
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host = {k: v if v.device.type == "cpu" else v.cpu() for k, v in tensors.items()}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._event is not None:
-            self._event.synchronize()
-        return {k: v.numpy() for k, v in self._host.items()}
-
-
 class TraceRecorder(LogitsProcessor):
     r"""A ``LogitsProcessor`` that records the entropy lens of every step and returns ``scores`` unchanged.
 
@@ -333,7 +282,7 @@ class TraceRecorder(LogitsProcessor):
         self.last_records: list[SequenceRecord] = []
         self._capture: ResidualCapture | None = None
         self._workspace: torch.Tensor | None = None  # reused by every block of the recording
-        self._state: _CallState | None = None
+        self._state: CallState | None = None
         self._next_labels: Labels | Sequence[Labels] | None = None
         self._next_keys: Sequence[str] | None = None
         self._next_prompt_texts: Sequence[str] | None = None
@@ -363,7 +312,7 @@ class TraceRecorder(LogitsProcessor):
     # ------------------------------------------------------------------ generate wrapper
     def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
         model = self.lens.model
-        _refuse_unsupported_modes(model, kwargs)
+        refuse_unsupported_modes(model, kwargs)
         input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         if isinstance(input_ids, (str, list, tuple)):
             raise UnsupportedGenerationError(
@@ -384,19 +333,19 @@ class TraceRecorder(LogitsProcessor):
             raise UnsupportedGenerationError("empty prompt: give at least one token (e.g. the BOS token)")
         mask = self._attention_mask(input_ids, kwargs)
         batch = input_ids.shape[0]
-        n_return = int(_setting(model, kwargs, "num_return_sequences", 1) or 1)
+        n_return = int(setting(model, kwargs, "num_return_sequences", 1) or 1)
         labels, keys, texts = self._call_labels(batch), self._call_keys(batch), self._next_prompt_texts
         self._next_labels = self._next_keys = self._next_prompt_texts = None
         if texts is not None and len(texts) != batch:
             raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
-        settings = _generation_settings(model, kwargs, batch)
+        settings = generation_settings(model, kwargs, batch)
         settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
         settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
         run = self.writer.begin_run(settings) if self.writer is not None else 0
-        self._state = _CallState(
+        self._state = CallState(
             input_ids=input_ids.repeat_interleave(n_return, 0),
             attention_mask=mask.repeat_interleave(n_return, 0),
-            eos_ids=_eos_ids(model, kwargs),
+            eos_ids=eos_ids(model, kwargs),
             row_labels=[lab for lab in labels for _ in range(n_return)],
             row_keys=[key for key in keys for _ in range(n_return)],
             run=run,
@@ -439,7 +388,7 @@ class TraceRecorder(LogitsProcessor):
     def _attention_mask(self, input_ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
         mask = kwargs.get("attention_mask")
         if mask is None:
-            pad = _setting(self.lens.model, kwargs, "pad_token_id", None)
+            pad = setting(self.lens.model, kwargs, "pad_token_id", None)
             if pad is not None and bool((input_ids == pad).any()):
                 mask = (input_ids != pad).long()
             else:
@@ -510,7 +459,7 @@ class TraceRecorder(LogitsProcessor):
             self._live.step(state)
         return scores
 
-    def _start(self, state: _CallState, capture: ResidualCapture) -> None:
+    def _start(self, state: CallState, capture: ResidualCapture) -> None:
         """First step (prefill): per-call device state, the last-layer source, the prompt rows."""
         device = self.lens.lens.device
         batch, positions = capture.residuals[0].shape[:2]
@@ -533,7 +482,7 @@ class TraceRecorder(LogitsProcessor):
         residuals = torch.stack([r[:, columns] for r in capture.residuals], dim=2).to(device)
         targets = ids[:, columns.start + 1 : positions]
         stats = self._statistics(residuals[rows_b, rows_p], targets[rows_b, rows_p], None)
-        state.blocks.append(_HostBlock({"owner": rows_b, "alive": torch.ones_like(rows_b, dtype=torch.bool), **stats}))
+        state.blocks.append(HostBlock({"owner": rows_b, "alive": torch.ones_like(rows_b, dtype=torch.bool), **stats}))
         state.prompt_rows = valid.sum(-1).tolist()
 
     def _head_logits_usable(self, capture: ResidualCapture) -> bool:
@@ -555,13 +504,13 @@ class TraceRecorder(LogitsProcessor):
         tolerance = 1e-4 if head.dtype == torch.float32 else 3e-2
         return bool(((got - expected).abs().max() <= tolerance * (1 + expected.abs().max())).item())
 
-    def _resolve_pending(self, state: _CallState, new_tokens: torch.Tensor) -> None:
+    def _resolve_pending(self, state: CallState, new_tokens: torch.Tensor) -> None:
         targets = new_tokens.to(state.pending.device, non_blocking=True)
         state.step_tokens.append(targets)
         self._enqueue(state, (state.rows, state.pending, targets, state.alive, state.pending_head))
         state.alive = state.alive & ~torch.isin(targets, state.eos)
 
-    def _enqueue(self, state: _CallState, item: tuple[torch.Tensor, ...]) -> None:
+    def _enqueue(self, state: CallState, item: tuple[torch.Tensor, ...]) -> None:
         """Queue one step's rows (target known); resolve them once a block's worth has gathered.
 
         One large product per block reads the unembedding once for many steps and keeps
@@ -575,13 +524,14 @@ class TraceRecorder(LogitsProcessor):
         if state.queued and state.queued + rows > block:
             # Flush first: a block that overflows by a few rows would cost a second, thin
             # product that reads the whole unembedding for those few rows.
-            self._flush(state)
+            self.resolve_queued(state)
         state.queue.append(item)
         state.queued += rows
         if state.queued >= block:
-            self._flush(state)
+            self.resolve_queued(state)
 
-    def _flush(self, state: _CallState) -> None:
+    def resolve_queued(self, state: CallState) -> None:
+        """Resolve the rows waiting for a full block now (end of call, or a live write that is due)."""
         if not state.queued:
             return
         owners, residuals, targets, alive = (torch.cat([item[i] for item in state.queue]) for i in range(4))
@@ -591,7 +541,7 @@ class TraceRecorder(LogitsProcessor):
             head = None if head is None else head[alive]
             owners, residuals, targets, alive = owners[alive], residuals[alive], targets[alive], alive[alive]
         stats = self._statistics(residuals, targets, head)
-        state.blocks.append(_HostBlock({"owner": owners, "alive": alive, **stats}))
+        state.blocks.append(HostBlock({"owner": owners, "alive": alive, **stats}))
         if residuals.device.type == "cpu":
             _return_freed_heap_memory()
 
@@ -636,10 +586,10 @@ class TraceRecorder(LogitsProcessor):
                 f"generate returned {sequences.shape[1] - prompt_width} new tokens for {state.step} recorded steps"
             )
         self._resolve_pending(state, sequences[:, -1])
-        self._flush(state)
-        return self._records(state)
+        self.resolve_queued(state)
+        return self.sequence_records(state)
 
-    def _records(self, state: _CallState) -> list[SequenceRecord]:
+    def sequence_records(self, state: CallState) -> list[SequenceRecord]:
         """The call's sequences up to their last resolved row: whole at the end of the call, in part while it runs (live)."""
         # The only wait for the device in a call (unless live): everything comes to the host once.
         batch = state.input_ids.shape[0]
@@ -690,49 +640,6 @@ class _StopWhenAsked(StoppingCriteria):
 # ---------------------------------------------------------------------- helpers
 
 
-def _setting(model: Any, kwargs: dict, name: str, default: Any) -> Any:
-    """The effective generation setting: explicit kwarg, then generation_config, then the model's."""
-    if name in kwargs:
-        return kwargs[name]
-    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-    value = getattr(config, name, None)
-    return default if value is None else value
-
-
-def _refuse_unsupported_modes(model: Any, kwargs: dict) -> None:
-    def refuse(what: str) -> None:
-        raise UnsupportedGenerationError(
-            f"{what} is not supported by the entropy-lens recorder (it keeps or verifies several "
-            "candidate continuations per step, so there is no single residual per generated token); "
-            "use greedy decoding or sampling"
-        )
-
-    if int(_setting(model, kwargs, "num_beams", 1) or 1) > 1:
-        refuse("beam search (num_beams > 1)")
-    if int(_setting(model, kwargs, "num_beam_groups", 1) or 1) > 1:
-        refuse("group beam search")
-    for name in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit"):
-        if _setting(model, kwargs, name, None) is not None:
-            refuse(f"assisted decoding ({name})")
-    if _setting(model, kwargs, "penalty_alpha", None) not in (None, 0):
-        refuse("contrastive search (penalty_alpha)")
-    if _setting(model, kwargs, "dola_layers", None) is not None:
-        refuse("DoLa decoding (dola_layers)")
-    if _setting(model, kwargs, "prefill_chunk_size", None) is not None:
-        refuse("chunked prefill (prefill_chunk_size)")
-    if kwargs.get("custom_generate") is not None:
-        refuse("a custom generation loop (custom_generate)")
-
-
-def _eos_ids(model: Any, kwargs: dict) -> frozenset[int]:
-    eos = _setting(model, kwargs, "eos_token_id", None)
-    if eos is None:
-        return frozenset()
-    if isinstance(eos, torch.Tensor):
-        eos = eos.tolist()
-    return frozenset([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
-
-
 def _by_row(stats: LensStatistics, n: int, layers: int) -> dict[str, torch.Tensor]:
     """Flat ``[n * layers, ...]`` lens statistics as ``[n, layers, ...]``."""
     return {
@@ -750,18 +657,6 @@ def _rows_by_sequence(blocks: list[dict[str, np.ndarray]], batch: int) -> list[d
     order = np.argsort(owners, kind="stable")  # group by sequence, keeping each one's row order
     bounds = np.searchsorted(owners[order], np.arange(batch + 1))
     return [{k: v[order[bounds[b] : bounds[b + 1]]] for k, v in merged.items()} for b in range(batch)]
-
-
-def _generation_settings(model: Any, kwargs: dict, batch: int) -> dict[str, Any]:
-    """JSON-able summary of one generate call, stored per run in the trace."""
-    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-    settings: dict[str, Any] = dict(config.to_diff_dict()) if hasattr(config, "to_diff_dict") else {}
-    for name, value in kwargs.items():
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            settings[name] = value
-    settings["batch_size"] = batch
-    settings.pop("transformers_version", None)
-    return settings
 
 
 def _prompt_rows_name(rows: int | None) -> str:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from ..errors import TraceError
 from .reader import Trace
-from .recovery import recover_trace
+from .recovery import recover_trace, rewrite_locked
 from .schema import FORMAT_NAME, SCHEMA_VERSION, SequenceRecord, TraceMetadata
 from .shards import ShardedTrace, merge_shards
 from .writer import TraceWriter
+
+# Wiring, in the one place that sees every part: the writer rewrites files with recovery
+# (which reads them with the reader), and the reader opens folders as shards; neither may
+# import those higher parts itself.
+TraceWriter.rewrite_locked = staticmethod(rewrite_locked)
+Trace.open_folder = ShardedTrace.open
 
 __all__ = ["SCHEMA_VERSION", "FORMAT_NAME", "TraceMetadata", "SequenceRecord", "TraceWriter", "Trace", "TraceError",
            "recover_trace", "ShardedTrace", "merge_shards"]

@@ -23,14 +23,17 @@ written chunks cost nothing; the reader goes by the index); recovery compacts th
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..errors import TraceError
 from .schema import STATUS_ABANDONED, STATUS_COMPLETE, STATUS_IN_PROGRESS, SequenceRecord
 from .storage import write_budget, write_error
-from .writer import TraceWriter, _append_index, _mean_generated_profile, _row_data, _sequence_meta
+from .rows import append_index, mean_generated_profile, row_data, sequence_meta
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .writer import TraceWriter
 
 __all__ = ["LiveBatch"]
 
@@ -44,7 +47,7 @@ class LiveBatch:
     the file's index, at its tail.
     """
 
-    def __init__(self, writer: TraceWriter, records: Sequence[SequenceRecord], extra: int, token_bytes: int):
+    def __init__(self, writer: "TraceWriter", records: Sequence[SequenceRecord], extra: int, token_bytes: int):
         self.writer = writer
         self.open = True
         f = writer._writable()
@@ -73,7 +76,7 @@ class LiveBatch:
         self._tokens_written = [0] * len(records)
         self._bytes_written = [0] * len(records)
         self._rows_written = [0] * len(records)
-        metas = [_sequence_meta(r, first_target=r.first_target) for r in records]
+        metas = [sequence_meta(r, first_target=r.first_target) for r in records]
         with self._committing(records):
             self._tokens["id"].resize(t, axis=0)
             self._tokens["text_end"].resize(t, axis=0)
@@ -85,7 +88,7 @@ class LiveBatch:
                 self._tokens["text_end"][pad] = self._byte_start[i] + self._byte_room[i]
                 self._write_data(i, r)
             f.flush()  # the data first; then the entries that make it visible
-            first = _append_index(seqs, records, self._token_start, self._row_start,
+            first = append_index(seqs, records, self._token_start, self._row_start,
                                   [STATUS_IN_PROGRESS] * len(records), metas)
             self.indices = list(range(first, first + len(records)))
             self._at = slice(first, first + len(records))
@@ -105,7 +108,7 @@ class LiveBatch:
             for i, r in enumerate(records):
                 self._write_data(i, r)
             self.writer._file.flush()  # the data reaches the file before the counts that show it
-            profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
+            profiles = np.stack([mean_generated_profile(r) for r in records]).astype(np.float32)
             self._seqs["row_count"][self._at] = np.asarray([r.n_rows for r in records], dtype=np.int32)
             self._seqs["token_count"][self._at] = np.asarray([len(r.token_ids) for r in records], dtype=np.int32)
             self._seqs["mean_profile"][self._at] = profiles
@@ -171,7 +174,7 @@ class LiveBatch:
         if r.n_rows > wr:
             at = self._row_start[i] + wr
             L, _, A = self._shape
-            for name, values in _row_data([_tail(r, wr, 0)], L, A).items():
+            for name, values in row_data([_tail(r, wr, 0)], L, A).items():
                 self._rows[name][at : at + len(values)] = values
             self._rows_written[i] = r.n_rows
 
@@ -187,7 +190,7 @@ def _tail(r: SequenceRecord, rows: int, tokens: int) -> SequenceRecord:
 
 def _new_bytes(records: Sequence[SequenceRecord], L: int, A: int) -> int:
     """Raw bytes a write of ``records`` adds (for the disk-space reservation)."""
-    rows = sum(a.nbytes for a in _row_data(records, L, A).values()) if records else 0
+    rows = sum(a.nbytes for a in row_data(records, L, A).values()) if records else 0
     return rows + sum(len(t.encode("utf-8")) + 12 for r in records for t in r.token_texts) + 4096
 
 

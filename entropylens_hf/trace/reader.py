@@ -6,22 +6,22 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from ..errors import TraceError
 from .schema import (
-    _INDEX_COLUMNS,
+    INDEX_COLUMNS,
     STATUS_COMPLETE,
     SequenceRecord,
-    _check_is_trace,
-    _first_line,
-    _read_metadata,
+    check_is_trace,
+    first_line,
+    read_metadata,
 )
 from .locking import lock_holder
-from .storage import _open_h5, _read_string_column, _UncleanFile
+from .storage import open_h5, read_string_column, UncleanFile
 
 _SHAPE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError)
 
@@ -45,12 +45,16 @@ class Trace:
     Indices (``trace[i]``, ``seq.index``) count the sequences shown.
     """
 
+    #: Opens a run folder of shard files as one trace. Shards sit above the reader, so the
+    #: package wires :meth:`.shards.ShardedTrace.open` in (``trace/__init__.py``).
+    open_folder: ClassVar[Callable[..., Any]]
+
     def __init__(self, path: Path, file: h5py.File, partial: bool = False):
         self.path = path
         self.partial = partial
         self._file = file
         self._identity = _identity(path)
-        self.metadata = _read_metadata(file, path)
+        self.metadata = read_metadata(file, path)
         self._version_2 = self.metadata.schema_version >= 2
         self._index: dict[str, np.ndarray] = {}
         self._metas: list[dict[str, Any] | None] = []  # None: damaged metadata
@@ -68,24 +72,22 @@ class Trace:
         """
         path = Path(path)
         if path.is_dir():
-            from .shards import ShardedTrace
-
-            return ShardedTrace.open(path, partial=partial)
+            return cls.open_folder(path, partial=partial)
         try:
-            f = _open_h5(path, "r")
-        except _UncleanFile as exc:  # only for non-SWMR writers; say what happened
+            f = open_h5(path, "r")
+        except UncleanFile as exc:  # only for non-SWMR writers; say what happened
             raise TraceError(f"{path}: the file is open for writing by another program ({exc})") from None
         except _SHAPE_ERRORS as exc:
-            raise TraceError(f"{path}: damaged trace ({_first_line(exc)})") from None
+            raise TraceError(f"{path}: damaged trace ({first_line(exc)})") from None
         try:
-            _check_is_trace(f, path)
+            check_is_trace(f, path)
             return cls(path, f, partial=partial)
         except TraceError:
             f.close()
             raise
         except _SHAPE_ERRORS as exc:
             f.close()
-            raise TraceError(f"{path}: damaged trace ({_first_line(exc)})") from None
+            raise TraceError(f"{path}: damaged trace ({first_line(exc)})") from None
 
     # -- lifecycle
     def __enter__(self) -> "Trace":
@@ -112,7 +114,7 @@ class Trace:
         except TraceError:
             raise
         except _SHAPE_ERRORS as exc:
-            raise TraceError(f"{self.path}: damaged trace: {part} cannot be read ({_first_line(exc)})") from None
+            raise TraceError(f"{self.path}: damaged trace: {part} cannot be read ({first_line(exc)})") from None
 
     def _check_layout(self) -> None:
         """Every dataset is where the schema puts it, with the shape the file's attributes say."""
@@ -124,7 +126,7 @@ class Trace:
             "rows/target_rank": (L,), "rows/output_entropy": (), "rows/renyi": (A, L),
             "sequences/mean_profile": (L,), "sequences/meta_bytes": (), "sequences/meta_end": (),
             "runs/meta_bytes": (), "runs/meta_end": (),
-            **{f"sequences/{name}": () for name in _INDEX_COLUMNS},
+            **{f"sequences/{name}": () for name in INDEX_COLUMNS},
         }
         if self._version_2:
             expected.update({"rows/kl_final": (L,), "sequences/status": ()})
@@ -148,11 +150,11 @@ class Trace:
             for ds in seqs.values():
                 ds.refresh()
             # A sequence is committed once every index column has its entry (meta is written last).
-            columns = _INDEX_COLUMNS + (("status",) if self._version_2 else ())
+            columns = INDEX_COLUMNS + (("status",) if self._version_2 else ())
             n = min(seqs[name].shape[0] for name in columns + ("meta_end", "mean_profile"))
             old = min(len(self._metas), n)
             index = {name: seqs[name][:n] for name in columns}
-            metas = [_parse_meta(m) for m in _read_string_column(seqs, "meta", old, n)] if n > old else []
+            metas = [_parse_meta(m) for m in read_string_column(seqs, "meta", old, n)] if n > old else []
         # Metadata that does not parse at the end of the index belongs to a batch whose write
         # failed (a full disk): those sequences were never committed. Elsewhere it marks one
         # damaged sequence, which is reported when read while the others stay readable.
@@ -234,7 +236,7 @@ class Trace:
                     raise ValueError(f"index points at rows {start}..{start + count}, the data has {self._file[part].shape[0]}")
             arrays[field] = values
         with self._reading(f"sequence {i} ('/tokens/text_bytes')"):
-            texts = tuple(_read_string_column(self._file["tokens"], "text", t0, t0 + nt))
+            texts = tuple(read_string_column(self._file["tokens"], "text", t0, t0 + nt))
         if not self._version_2:
             arrays["kl_final"] = np.full(arrays["entropy"].shape, np.nan, np.float32)
         return SequenceRecord(
@@ -327,7 +329,7 @@ class Trace:
             with self._reading("the vocabulary '/vocabulary'"):
                 group = self._file.get("vocabulary")
                 n = group["text_end"].shape[0] if group is not None else 0
-                self._vocabulary = _read_string_column(group, "text", 0, n) if n else []
+                self._vocabulary = read_string_column(group, "text", 0, n) if n else []
         return self._vocabulary
 
     def token_text(self, token_id: int) -> str | None:
@@ -341,7 +343,7 @@ class Trace:
             g = self._file["runs"]
             g["meta_end"].refresh()
             g["meta_bytes"].refresh()
-            runs = [_parse_meta(m) for m in _read_string_column(g, "meta", 0, g["meta_end"].shape[0])]
+            runs = [_parse_meta(m) for m in read_string_column(g, "meta", 0, g["meta_end"].shape[0])]
         # The last run of a writer that failed may be incomplete; earlier ones are kept.
         return [r if r is not None else {} for r in runs]
 

@@ -25,12 +25,12 @@ def recover_trace(path: str | os.PathLike) -> int:
     lock = WriterLock(path)
     lock.acquire()
     try:
-        return _recover(path)
+        return rewrite_locked(path)
     finally:
         lock.release()
 
 
-def _recover(path: Path, batch: int = 256) -> int:
+def rewrite_locked(path: Path, batch: int = 256) -> int:
     """:func:`recover_trace` for a caller that holds the writer lock.
 
     Sequences are copied ``batch`` at a time, so memory stays bounded whatever the file size.

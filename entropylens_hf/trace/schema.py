@@ -70,7 +70,7 @@ LOGIT_LENS = {"kind": "logit"}
 
 STATUS_IN_PROGRESS, STATUS_COMPLETE, STATUS_ABANDONED = 0, 1, 2
 
-_INDEX_DTYPES = {
+INDEX_DTYPES = {
     "token_start": np.int64,
     "token_count": np.int32,
     "prompt_length": np.int32,
@@ -79,10 +79,10 @@ _INDEX_DTYPES = {
     "run": np.int32,
     "mean_entropy": np.float32,
 }
-_INDEX_COLUMNS = tuple(_INDEX_DTYPES)
-_ROW_CHUNK = 256
-_BYTE_CHUNK = 65536
-_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+INDEX_COLUMNS = tuple(INDEX_DTYPES)
+ROW_CHUNK = 256
+BYTE_CHUNK = 65536
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
 @dataclass(frozen=True)
@@ -243,11 +243,11 @@ def label_texts(labels: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-def _now_utc() -> str:
+def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _check_is_trace(f: h5py.File, path: Path) -> None:
+def check_is_trace(f: h5py.File, path: Path) -> None:
     fmt = _attr(f, path, "format", _text, None)
     if fmt != FORMAT_NAME:
         raise TraceError(
@@ -266,18 +266,18 @@ def _check_is_trace(f: h5py.File, path: Path) -> None:
         try:
             obj = f.get(group)
         except (KeyError, OSError, RuntimeError) as exc:
-            raise TraceError(f"{path}: damaged trace: '/{group}' cannot be read ({_first_line(exc)})") from None
+            raise TraceError(f"{path}: damaged trace: '/{group}' cannot be read ({first_line(exc)})") from None
         if obj is None:
             raise TraceError(f"{path}: trace is missing the '/{group}' group; the file is damaged")
         if not isinstance(obj, h5py.Group):
             raise TraceError(f"{path}: damaged trace: '/{group}' should be a group, not a {type(obj).__name__.lower()}")
 
 
-def _write_metadata_attrs(f: h5py.File, m: TraceMetadata) -> None:
+def write_metadata_attrs(f: h5py.File, m: TraceMetadata) -> None:
     f.attrs["format"] = FORMAT_NAME
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["library_version"] = __version__
-    f.attrs["created_utc"] = m.created_utc or _now_utc()
+    f.attrs["created_utc"] = m.created_utc or now_utc()
     f.attrs["model_name"] = m.model_name
     f.attrs["model_config"] = json.dumps(dict(m.model_config), default=str)
     f.attrs["tokenizer_name"] = m.tokenizer_name
@@ -294,7 +294,7 @@ def _alpha_to_json(a: float) -> float | str:
     return "inf" if np.isinf(a) else float(a)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
@@ -343,7 +343,7 @@ def _attr(f: h5py.File, path: Path, name: str, convert: Any, default: Any = _MIS
         present = name in f.attrs
         value = f.attrs[name] if present else None
     except (OSError, RuntimeError, KeyError) as exc:
-        raise TraceError(f"{path}: damaged trace: the file attributes cannot be read ({_first_line(exc)})") from None
+        raise TraceError(f"{path}: damaged trace: the file attributes cannot be read ({first_line(exc)})") from None
     if not present:
         if default is _MISSING:
             raise TraceError(f"{path}: damaged trace: the '{name}' attribute is missing")
@@ -351,7 +351,7 @@ def _attr(f: h5py.File, path: Path, name: str, convert: Any, default: Any = _MIS
     try:
         return convert(value)
     except (TypeError, ValueError) as exc:
-        raise TraceError(f"{path}: damaged trace: the '{name}' attribute is malformed ({_first_line(exc)})") from None
+        raise TraceError(f"{path}: damaged trace: the '{name}' attribute is malformed ({first_line(exc)})") from None
 
 
 def _lens(v: Any) -> dict:
@@ -369,7 +369,7 @@ def _layer_kinds(v: Any) -> tuple[str, ...]:
     return kinds
 
 
-def _read_metadata(f: h5py.File, path: Path) -> TraceMetadata:
+def read_metadata(f: h5py.File, path: Path) -> TraceMetadata:
     m = TraceMetadata(
         model_name=_attr(f, path, "model_name", _text, ""),
         num_layers=_attr(f, path, "num_layers", _integer),

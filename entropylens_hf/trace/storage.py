@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import TraceError
-from .schema import _BYTE_CHUNK, _COMPRESSION
+from .schema import BYTE_CHUNK, COMPRESSION
 
 try:
     import resource
@@ -44,7 +44,7 @@ def _check_path(path: Path) -> None:
         raise TraceError(f"{path}: not an HDF5 file, so not an entropylens trace")
 
 
-def _open_h5(path: Path, mode: str) -> h5py.File:
+def open_h5(path: Path, mode: str) -> h5py.File:
     """Open an HDF5 file, turning h5py's low-level errors into one line that names the problem.
 
     ``locking=False``: HDF5's own file locks would keep a writer out while readers are open
@@ -61,11 +61,11 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
     except OSError as exc:
         text = str(exc)
         if "already open for write" in text or "file close degree" in text or "unable to lock" in text:
-            raise _UncleanFile(text) from exc
+            raise UncleanFile(text) from exc
         raise TraceError(f"{path}: cannot open the trace ({text.splitlines()[0]})") from exc
 
 
-class _UncleanFile(Exception):
+class UncleanFile(Exception):
     """A writer was killed while the file was open for SWMR writing."""
 
 
@@ -189,7 +189,7 @@ def write_error(path: Path, exc: BaseException) -> TraceError:
     return TraceError(f"cannot write {path} ({first}); the sequences committed before are kept")
 
 
-def _read_string_column(group: h5py.Group, name: str, start: int, stop: int) -> list[str]:
+def read_string_column(group: h5py.Group, name: str, start: int, stop: int) -> list[str]:
     ends = group[f"{name}_end"]
     if stop <= start:
         return []
@@ -200,24 +200,24 @@ def _read_string_column(group: h5py.Group, name: str, start: int, stop: int) -> 
     return [raw[bounds[i] : bounds[i + 1]].decode("utf-8", errors="replace") for i in range(stop - start)]
 
 
-def _create_column(group: h5py.Group, name: str, dtype: Any, tail: tuple[int, ...], chunk_rows: int) -> None:
+def create_column(group: h5py.Group, name: str, dtype: Any, tail: tuple[int, ...], chunk_rows: int) -> None:
     group.create_dataset(
         name,
         shape=(0, *tail),
         maxshape=(None, *tail),
         dtype=dtype,
         chunks=(chunk_rows, *tail) if all(tail) else None,
-        **(_COMPRESSION if all(tail) else {}),
+        **(COMPRESSION if all(tail) else {}),
     )
 
 
-def _create_string_column(group: h5py.Group, name: str) -> None:
+def create_string_column(group: h5py.Group, name: str) -> None:
     # Text as UTF-8 bytes plus end offsets: fixed-size types keep SWMR appends simple.
-    _create_column(group, f"{name}_bytes", np.uint8, (), _BYTE_CHUNK)
-    _create_column(group, f"{name}_end", np.int64, (), 4096)
+    create_column(group, f"{name}_bytes", np.uint8, (), BYTE_CHUNK)
+    create_column(group, f"{name}_end", np.int64, (), 4096)
 
 
-def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+def extend_column(dataset: h5py.Dataset, values: np.ndarray) -> None:
     n = dataset.shape[0]
     dataset.resize(n + len(values), axis=0)
     dataset[n:] = values
@@ -236,11 +236,11 @@ def write_budget(datasets: Sequence[h5py.Dataset], new_bytes: int) -> int:
     return 2 * new_bytes + chunks + (256 << 10)
 
 
-def _append_strings(group: h5py.Group, name: str, texts: Sequence[str]) -> None:
+def append_strings(group: h5py.Group, name: str, texts: Sequence[str]) -> None:
     encoded = [t.encode("utf-8") for t in texts]
     ends_ds = group[f"{name}_end"]
     base = int(ends_ds[-1]) if ends_ds.shape[0] else 0
     ends = base + np.cumsum([len(e) for e in encoded], dtype=np.int64)
-    _append(group[f"{name}_bytes"], np.frombuffer(b"".join(encoded), dtype=np.uint8))
-    _append(ends_ds, ends)
+    extend_column(group[f"{name}_bytes"], np.frombuffer(b"".join(encoded), dtype=np.uint8))
+    extend_column(ends_ds, ends)
 

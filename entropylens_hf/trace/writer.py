@@ -7,37 +7,38 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from ..errors import TraceError
 from .schema import (
-    _INDEX_COLUMNS,
-    _INDEX_DTYPES,
-    _ROW_CHUNK,
+    INDEX_COLUMNS,
+    INDEX_DTYPES,
+    ROW_CHUNK,
     SCHEMA_VERSION,
     STATUS_ABANDONED,
     STATUS_COMPLETE,
     SequenceRecord,
     LOGIT_LENS,
     TraceMetadata,
-    _COMPRESSION,
-    _check_is_trace,
-    _now_utc,
-    _read_metadata,
-    _write_metadata_attrs,
+    COMPRESSION,
+    check_is_trace,
+    now_utc,
+    read_metadata,
+    write_metadata_attrs,
 )
 from .locking import WriterLock
+from .rows import append_index, row_data, sequence_meta
 from .storage import (
     SpaceReservation,
-    _append,
-    _append_strings,
-    _create_column,
-    _create_string_column,
-    _open_h5,
-    _UncleanFile,
+    extend_column,
+    append_strings,
+    create_column,
+    create_string_column,
+    open_h5,
+    UncleanFile,
     write_budget,
     write_error,
 )
@@ -53,6 +54,11 @@ class TraceWriter:
     same model and lens settings. A trace left behind by a killed writer is recovered
     first: its complete sequences are copied into a fresh file, partial data is dropped.
     """
+
+    #: Rewrites a file whose lock the caller holds, keeping its readable sequences (recovery on
+    #: open, compaction on close). Recovery reads with the reader, which the writer must not
+    #: need, so the package wires :func:`.recovery.rewrite_locked` in (``trace/__init__.py``).
+    rewrite_locked: ClassVar[Callable[[Path], int]]
 
     def __init__(self, path: str | os.PathLike, metadata: TraceMetadata, vocabulary: Sequence[str] | None = None):
         self.path = Path(path)
@@ -122,11 +128,9 @@ class TraceWriter:
         copy on their next refresh. If compacting fails (no room for the copy), the live
         file stays as it is, complete and readable.
         """
-        from .recovery import _recover
-
         self._went_live = False
         try:
-            _recover(self.path)
+            self.rewrite_locked(self.path)
         except (OSError, TraceError) as exc:
             warnings.warn(f"{self.path}: left uncompacted ({exc})", stacklevel=3)
 
@@ -144,14 +148,14 @@ class TraceWriter:
     # -- writing
     def begin_run(self, settings: Mapping[str, Any]) -> int:
         """Register one ``generate()`` call's settings; returns its run id."""
-        return self._append_run({"started_utc": _now_utc(), **settings})
+        return self._append_run({"started_utc": now_utc(), **settings})
 
     def _append_run(self, meta: Mapping[str, Any]) -> int:
         runs = self._writable()["runs"]
         run = int(runs["meta_end"].shape[0])
         encoded = json.dumps(dict(meta), default=str)
         with self._committing([runs["meta_bytes"], runs["meta_end"]], len(encoded.encode()) + 8):
-            _append_strings(runs, "meta", [encoded])
+            append_strings(runs, "meta", [encoded])
             self._file.flush()
         return run
 
@@ -178,17 +182,17 @@ class TraceWriter:
         token_base = int(tokens["id"].shape[0])
         row_base = int(rows["entropy"].shape[0])
         data = {"id": np.concatenate([r.token_ids for r in records]).astype(np.int32),
-                **_row_data(records, L, A)}
+                **row_data(records, L, A)}
         texts = [t for r in records for t in r.token_texts]
-        metas = [_sequence_meta(r) for r in records]
+        metas = [sequence_meta(r) for r in records]
         new_bytes = sum(a.nbytes for a in data.values()) + sum(len(t.encode()) + 8 for t in texts + metas)
         new_bytes += len(records) * (L * 4 + 64)
         touched = [*tokens.values(), *rows.values(), *seqs.values()]
         with self._committing(touched, new_bytes):
-            _append(tokens["id"], data.pop("id"))
-            _append_strings(tokens, "text", texts)
+            extend_column(tokens["id"], data.pop("id"))
+            append_strings(tokens, "text", texts)
             for name, values in data.items():
-                _append(rows[name], values)
+                extend_column(rows[name], values)
             # Data first, flushed; only then the index that makes the sequences visible.
             f.flush()
 
@@ -200,7 +204,7 @@ class TraceWriter:
                 t += len(r.token_ids)
                 rw += r.n_rows
             statuses = [STATUS_COMPLETE if r.complete else STATUS_ABANDONED for r in records]
-            first_index = _append_index(seqs, records, token_starts, row_starts, statuses, metas)
+            first_index = append_index(seqs, records, token_starts, row_starts, statuses, metas)
             f.flush()
         return list(range(first_index, first_index + len(records)))
 
@@ -268,30 +272,30 @@ class TraceWriter:
         except OSError as exc:
             raise write_error(self.path, exc) from None
         try:
-            _write_metadata_attrs(f, m)
+            write_metadata_attrs(f, m)
             L, k, A = m.num_layers, m.top_k, len(m.renyi_alphas)
             tokens = f.create_group("tokens")
-            _create_column(tokens, "id", np.int32, (), 4096)
-            _create_string_column(tokens, "text")
+            create_column(tokens, "id", np.int32, (), 4096)
+            create_string_column(tokens, "text")
             rows = f.create_group("rows")
-            _create_column(rows, "entropy", np.float32, (L,), _ROW_CHUNK)
-            _create_column(rows, "topk_id", np.int32, (L, k), _ROW_CHUNK)
-            _create_column(rows, "topk_prob", np.float32, (L, k), _ROW_CHUNK)
-            _create_column(rows, "target_prob", np.float32, (L,), _ROW_CHUNK)
-            _create_column(rows, "target_rank", np.int32, (L,), _ROW_CHUNK)
-            _create_column(rows, "output_entropy", np.float32, (), 4096)
-            _create_column(rows, "renyi", np.float32, (A, L), _ROW_CHUNK)
+            create_column(rows, "entropy", np.float32, (L,), ROW_CHUNK)
+            create_column(rows, "topk_id", np.int32, (L, k), ROW_CHUNK)
+            create_column(rows, "topk_prob", np.float32, (L, k), ROW_CHUNK)
+            create_column(rows, "target_prob", np.float32, (L,), ROW_CHUNK)
+            create_column(rows, "target_rank", np.int32, (L,), ROW_CHUNK)
+            create_column(rows, "output_entropy", np.float32, (), 4096)
+            create_column(rows, "renyi", np.float32, (A, L), ROW_CHUNK)
             seqs = f.create_group("sequences")
-            for name in _INDEX_COLUMNS:
-                _create_column(seqs, name, _INDEX_DTYPES[name], (), 1024)
-            _create_column(seqs, "mean_profile", np.float32, (L,), 1024)
+            for name in INDEX_COLUMNS:
+                create_column(seqs, name, INDEX_DTYPES[name], (), 1024)
+            create_column(seqs, "mean_profile", np.float32, (L,), 1024)
             _create_version_2_columns(f, L)
-            _create_string_column(seqs, "meta")
-            _create_string_column(f.create_group("runs"), "meta")
+            create_string_column(seqs, "meta")
+            create_string_column(f.create_group("runs"), "meta")
             if self._vocabulary:
                 vocab = f.create_group("vocabulary")
-                _create_string_column(vocab, "text")
-                _append_strings(vocab, "text", list(self._vocabulary))
+                create_string_column(vocab, "text")
+                append_strings(vocab, "text", list(self._vocabulary))
             f.flush()
             f.close()
             os.replace(tmp, self.path)
@@ -304,20 +308,18 @@ class TraceWriter:
             if isinstance(exc, (OSError, RuntimeError)):
                 raise write_error(self.path, exc) from None
             raise
-        return _open_h5(self.path, "a")
+        return open_h5(self.path, "a")
 
     def _open_existing(self) -> h5py.File:
         try:
-            f = _open_h5(self.path, "a")
-        except _UncleanFile:
+            f = open_h5(self.path, "a")
+        except UncleanFile:
             # We hold the lock, so the writer that left the file open is gone.
-            from .recovery import _recover
-
-            _recover(self.path)
-            f = _open_h5(self.path, "a")
+            self.rewrite_locked(self.path)
+            f = open_h5(self.path, "a")
         try:
-            _check_is_trace(f, self.path)
-            existing = _read_metadata(f, self.path)
+            check_is_trace(f, self.path)
+            existing = read_metadata(f, self.path)
             _check_compatible(self.path, existing, self.metadata)
             if existing.schema_version < SCHEMA_VERSION:
                 upgrade_in_place(f)
@@ -371,8 +373,8 @@ def _rows_text(m: TraceMetadata) -> str:
 def _create_version_2_columns(f: h5py.File, L: int) -> None:
     """The datasets version 2 added. Their fill values are what a version-1 file means:
     KL not recorded (NaN), every sequence complete."""
-    f["rows"].create_dataset("kl_final", shape=(0, L), maxshape=(None, L), dtype=np.float32, chunks=(_ROW_CHUNK, L),
-                             fillvalue=np.float32(np.nan), **_COMPRESSION)
+    f["rows"].create_dataset("kl_final", shape=(0, L), maxshape=(None, L), dtype=np.float32, chunks=(ROW_CHUNK, L),
+                             fillvalue=np.float32(np.nan), **COMPRESSION)
     f["sequences"].create_dataset("status", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(1024,),
                                   fillvalue=np.int8(STATUS_COMPLETE))
 
@@ -391,54 +393,3 @@ def upgrade_in_place(f: h5py.File) -> None:
     f.attrs["layer_kinds"] = json.dumps(["emb"] + ["layer"] * (L - 1))
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.flush()
-
-
-def _kl_final(r: SequenceRecord, L: int) -> np.ndarray:
-    return np.full((r.n_rows, L), np.nan, np.float32) if r.kl_final is None else np.asarray(r.kl_final)
-
-
-def _row_data(records: Sequence[SequenceRecord], L: int, A: int) -> dict[str, np.ndarray]:
-    """The per-row columns of ``records``, concatenated, as stored under ``/rows``."""
-    return {
-        "entropy": np.concatenate([r.entropy for r in records]).astype(np.float32),
-        "topk_id": np.concatenate([r.topk_ids for r in records]).astype(np.int32),
-        "topk_prob": np.concatenate([r.topk_probs for r in records]).astype(np.float32),
-        "target_prob": np.concatenate([r.target_prob for r in records]).astype(np.float32),
-        "target_rank": np.concatenate([r.target_rank for r in records]).astype(np.int32),
-        "output_entropy": np.concatenate([r.output_entropy for r in records]).astype(np.float32),
-        "renyi": np.concatenate([r.renyi.reshape(r.n_rows, A, L) for r in records]).astype(np.float32),
-        "kl_final": np.concatenate([_kl_final(r, L) for r in records]).astype(np.float32),
-    }
-
-
-def _sequence_meta(r: SequenceRecord, **extra: Any) -> str:
-    return json.dumps({"prompt_text": r.prompt_text, "labels": dict(r.labels), "key": r.key, **extra},
-                      ensure_ascii=False)
-
-
-def _append_index(seqs: h5py.Group, records: Sequence[SequenceRecord], token_starts: Sequence[int],
-                  row_starts: Sequence[int], statuses: Sequence[int], metas: Sequence[str]) -> int:
-    """Append the index entries of ``records``; returns the first one's index. The metadata goes
-    last: readers count an entry only once it is there."""
-    first_index = int(seqs["token_start"].shape[0])
-    _append(seqs["token_start"], np.asarray(token_starts, dtype=np.int64))
-    _append(seqs["token_count"], np.asarray([len(r.token_ids) for r in records], dtype=np.int32))
-    _append(seqs["prompt_length"], np.asarray([r.prompt_length for r in records], dtype=np.int32))
-    _append(seqs["row_start"], np.asarray(row_starts, dtype=np.int64))
-    _append(seqs["row_count"], np.asarray([r.n_rows for r in records], dtype=np.int32))
-    _append(seqs["run"], np.asarray([r.run for r in records], dtype=np.int32))
-    profiles = np.stack([_mean_generated_profile(r) for r in records]).astype(np.float32)
-    _append(seqs["mean_profile"], profiles)
-    _append(seqs["mean_entropy"], profiles.mean(axis=1))
-    _append(seqs["status"], np.asarray(statuses, dtype=np.int8))
-    _append_strings(seqs, "meta", metas)
-    return first_index
-
-
-def _mean_generated_profile(r: SequenceRecord) -> np.ndarray:
-    """Mean entropy per layer over generated rows (over all rows if none was generated; NaN without rows)."""
-    gen = r.entropy[r.is_generated]
-    if len(gen):
-        return gen.mean(axis=0)
-    return r.entropy.mean(axis=0) if r.n_rows else np.full(r.entropy.shape[1], np.nan, np.float32)
-
