@@ -121,9 +121,9 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, argv, messa
 
 
 def test_view_without_the_viewer_says_how_to_install_it(monkeypatch, capsys, tmp_path):
-    import entropylens_hf.cli.app as cli
+    import entropylens_hf.cli.common as common
 
-    monkeypatch.setattr(cli, "_viewer_main", lambda: None)
+    monkeypatch.setattr(common, "viewer_main", lambda: None)
     assert main(["view", str(tmp_path / "t.h5")]) == 2
     assert "pip install entropylens-viewer" in capsys.readouterr().err
 

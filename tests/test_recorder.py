@@ -288,6 +288,34 @@ def test_trace_stores_the_vocabulary_so_top_k_ids_read_as_text(tmp_path):
         assert trace.token_text(-1) is None
 
 
+def test_a_second_trace_file_decodes_no_vocabulary_and_stores_the_same_one(tmp_path, monkeypatch):
+    from entropylens_hf.models import default_model
+
+    model, tokenizer = default_model()
+    calls = []
+    original = type(tokenizer).batch_decode
+
+    def counting(self, sequences, **kwargs):
+        calls.append(len(sequences))
+        return original(self, sequences, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "batch_decode", counting)
+    inputs = tokenizer(["import os"], return_tensors="pt")
+    for name in ("a.h5", "b.h5"):  # a fresh lens each time, as a notebook cell makes one
+        EntropyLens(model, tokenizer).generate(**inputs, **FIXED, trace=tmp_path / name)
+    vocabulary_decodes = [n for n in calls if n >= len(tokenizer)]
+    assert vocabulary_decodes == [len(tokenizer)]  # decoded for the first file only
+    with Trace.open(tmp_path / "a.h5") as a, Trace.open(tmp_path / "b.h5") as b:
+        assert a.vocabulary == b.vocabulary
+        assert [a.token_text(i) for i in (0, 5, len(tokenizer) - 1)] == [
+            tokenizer.decode([i]) for i in (0, 5, len(tokenizer) - 1)]
+    tokenizer.add_tokens(["<entropylens-new-token>"])  # a changed tokenizer is decoded again
+    model.resize_token_embeddings(len(tokenizer))
+    EntropyLens(model, tokenizer).generate(**inputs, **FIXED, trace=tmp_path / "c.h5")
+    with Trace.open(tmp_path / "c.h5") as c:
+        assert c.vocabulary[len(tokenizer) - 1] == "<entropylens-new-token>"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bfloat16_recording_matches_cpu_within_bf16_tolerance():
     model = tiny_model("llama")

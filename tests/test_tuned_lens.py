@@ -265,7 +265,7 @@ def test_trace_names_its_tuned_lens_and_a_logit_lens_trace_refuses_tuned_rows(ti
 
 
 def test_bundled_model_ships_a_tuned_lens_below_the_logit_lens_at_every_layer(tmp_path):
-    from entropylens_hf.cli.app import _lens_file
+    from entropylens_hf.cli.record import _lens_file
     from entropylens_hf.lens_training import sequences_of
     from entropylens_hf.models import default_model, default_model_path
     from entropylens_hf.trace import Trace

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -95,44 +95,18 @@ def knn_cross_validate(
     at the size of a training fold. Raises :class:`AnalysisError` if a class has one member or
     there is only one class.
     """
-    neighbors = require("sklearn.neighbors")
     model_selection = require("sklearn.model_selection")
-    dummy = require("sklearn.dummy")
     X = np.asarray(features, dtype=np.float64)
     names, y = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
     counts = np.bincount(y, minlength=len(names))
-    what = f"label {label!r}" if label else "labels"
-    if X.ndim != 2 or X.shape[0] != len(y):
-        raise ValueError(f"features must be [samples, features] with one row per label, got {X.shape} for {len(y)} labels")
-    if len(names) < 2:
-        raise AnalysisError(f"{what}: only one class ({', '.join(names) or 'none'}); nothing to classify")
-    if counts.min() < 2:
-        rare = ", ".join(f"{n!r}" for n, c in zip(names, counts) if c < 2)
-        raise AnalysisError(f"{what}: class {rare} has a single member; cross-validation needs at least 2 per class")
-    if folds < 2:
-        raise AnalysisError(f"cross-validation needs at least 2 folds, got {folds}")
-    if not np.isfinite(X).all():
-        raise AnalysisError(f"{what}: features contain NaN or infinite values")
+    _check_classes(X, y, names, counts, label, folds)
     n_folds = int(min(folds, counts.min()))
     note = ""
     if n_folds < folds:
         smallest = names[counts.argmin()]
         note = f"{n_folds} folds instead of {folds}: class {smallest!r} has only {counts.min()} members"
     splitter = model_selection.StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    scores: dict[str, list[float]] = {"acc": [], "auc": [], "base_acc": [], "base_auc": []}
-    k_used = k
-    # One generator for all folds: a fixed seed per fold would repeat the dummy's guesses fold after
-    # fold, which on data ordered by class biases its score and shrinks its spread.
-    dummy_rng = np.random.RandomState(seed)
-    for train, test in splitter.split(X, y):
-        k_used = min(k, len(train))
-        knn = neighbors.KNeighborsClassifier(n_neighbors=k_used, metric="euclidean").fit(X[train], y[train])
-        base = dummy.DummyClassifier(strategy="stratified", random_state=dummy_rng).fit(X[train], y[train])
-        for prefix, clf in (("", knn), ("base_", base)):
-            proba = np.zeros((len(test), len(names)))
-            proba[:, clf.classes_] = clf.predict_proba(X[test])
-            scores[prefix + "acc"].append(float((proba.argmax(axis=1) == y[test]).mean()))
-            scores[prefix + "auc"].append(_macro_roc_auc(y[test], proba, len(names)))
+    scores, k_used = _fold_scores(X, y, len(names), splitter, k, seed)
     return ClassificationResult(
         label=label,
         classes=tuple(str(n) for n in names),
@@ -156,6 +130,44 @@ def knn_cross_validate(
         features=description,
         note=note,
     )
+
+
+def _check_classes(X: np.ndarray, y: np.ndarray, names: np.ndarray, counts: np.ndarray, label: str, folds: int) -> None:
+    """Refuse, with one line, what k-fold cross-validation cannot score."""
+    what = f"label {label!r}" if label else "labels"
+    if X.ndim != 2 or X.shape[0] != len(y):
+        raise ValueError(f"features must be [samples, features] with one row per label, got {X.shape} for {len(y)} labels")
+    if len(names) < 2:
+        raise AnalysisError(f"{what}: only one class ({', '.join(names) or 'none'}); nothing to classify")
+    if counts.min() < 2:
+        rare = ", ".join(f"{n!r}" for n, c in zip(names, counts) if c < 2)
+        raise AnalysisError(f"{what}: class {rare} has a single member; cross-validation needs at least 2 per class")
+    if folds < 2:
+        raise AnalysisError(f"cross-validation needs at least 2 folds, got {folds}")
+    if not np.isfinite(X).all():
+        raise AnalysisError(f"{what}: features contain NaN or infinite values")
+
+
+def _fold_scores(X: np.ndarray, y: np.ndarray, n_classes: int, splitter: Any, k: int,
+                 seed: int) -> tuple[dict[str, list[float]], int]:
+    """Accuracy and macro ROC AUC per fold of the k-NN and of the stratified dummy; also the k used."""
+    neighbors = require("sklearn.neighbors")
+    dummy = require("sklearn.dummy")
+    scores: dict[str, list[float]] = {"acc": [], "auc": [], "base_acc": [], "base_auc": []}
+    k_used = k
+    # One generator for all folds: a fixed seed per fold would repeat the dummy's guesses fold after
+    # fold, which on data ordered by class biases its score and shrinks its spread.
+    dummy_rng = np.random.RandomState(seed)
+    for train, test in splitter.split(X, y):
+        k_used = min(k, len(train))
+        knn = neighbors.KNeighborsClassifier(n_neighbors=k_used, metric="euclidean").fit(X[train], y[train])
+        base = dummy.DummyClassifier(strategy="stratified", random_state=dummy_rng).fit(X[train], y[train])
+        for prefix, clf in (("", knn), ("base_", base)):
+            proba = np.zeros((len(test), n_classes))
+            proba[:, clf.classes_] = clf.predict_proba(X[test])
+            scores[prefix + "acc"].append(float((proba.argmax(axis=1) == y[test]).mean()))
+            scores[prefix + "auc"].append(_macro_roc_auc(y[test], proba, n_classes))
+    return scores, k_used
 
 
 def classify_trace(

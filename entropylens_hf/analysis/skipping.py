@@ -143,51 +143,15 @@ def skip_experiment(
         raise ValueError("give exactly one of items= (multiple choice) or texts= (next-token accuracy)")
     layers = resolve_decoder_layers(model)
     depth = len(layers)
-    bad = sorted(int(i) for i in exclude if not 0 <= int(i) < depth)
-    if bad:
-        raise ValueError(f"exclude names layer indices {bad}, but the model has decoder layers 0..{depth - 1}")
-    candidates = np.array([i for i in range(depth) if i not in {int(j) for j in exclude}], dtype=int)
-    if not 1 <= n_layers <= len(candidates):
-        raise ValueError(f"n_layers must be between 1 and the {len(candidates)} decoder layers that may be skipped, "
-                         f"got {n_layers}")
+    candidates = _skippable_layers(depth, exclude, n_layers)
     if profile is None:
         reading = [item.answer_text for item in items] if items is not None else list(texts)
         profile = text_profiles(model, tokenizer, reading, max_length=max_length, batch_size=batch_size).mean(axis=0)
         profile_source = profile_source or "mean profile of the model on the evaluation texts"
-    profile = np.asarray(profile, dtype=np.float64)
-    if profile.shape != (depth + 1,):
-        raise ValueError(
-            f"the profile has shape {profile.shape}, but this model's profiles have {depth + 1} lens layers "
-            f"(embeddings + {depth} decoder layers); rank layers with a profile of the same model"
-        )
-
-    if items is not None:
-        metrics = ("accuracy", "accuracy (length-normalised)")
-        evaluation = f"multiple choice, {len(items)} questions"
-
-        def evaluate() -> tuple[float, ...]:
-            s = multiple_choice_accuracy(model, tokenizer, items, batch_size=batch_size)
-            return s.accuracy, s.accuracy_norm
-    else:
-        metrics = ("next-token accuracy", "NLL (nats/token)")
-        evaluation = f"next-token prediction, {len(texts)} texts"
-
-        def evaluate() -> tuple[float, ...]:
-            s = next_token_accuracy(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
-            return s.accuracy, s.nll
-
-    rng = np.random.default_rng(seed)
-    steps = entropy_steps(profile)[candidates]
-    ranked = {kind: candidates[np.argsort(-kind * steps, kind="stable")[:n_layers]] for kind in (EXPANSION, PRUNING)}
-    plans = [
-        ("none", [()]),
-        (f"max expansion ({n_layers})", [tuple(int(i) for i in ranked[EXPANSION])]),
-        (f"max pruning ({n_layers})", [tuple(int(i) for i in ranked[PRUNING])]),
-        (f"random ({n_layers}) x{seeds}",
-         [tuple(sorted(int(i) for i in rng.choice(candidates, n_layers, replace=False))) for _ in range(seeds)]),
-    ]
+    profile = _check_profile(profile, depth)
+    metrics, evaluation, evaluate = _evaluator(model, tokenizer, items, texts, max_length, batch_size)
     conditions = []
-    for name, runs in plans:
+    for name, runs in _skip_plans(profile, candidates, n_layers, seeds, seed):
         values = []
         for skipped in runs:
             with skip_layers(model, skipped, layers=layers):
@@ -206,6 +170,61 @@ def skip_experiment(
         conditions=tuple(conditions),
         excluded=tuple(sorted(int(i) for i in exclude)),
     )
+
+
+def _skippable_layers(depth: int, exclude: Sequence[int], n_layers: int) -> np.ndarray:
+    """The decoder layers that may be skipped (all but ``exclude``), checked against ``n_layers``."""
+    bad = sorted(int(i) for i in exclude if not 0 <= int(i) < depth)
+    if bad:
+        raise ValueError(f"exclude names layer indices {bad}, but the model has decoder layers 0..{depth - 1}")
+    candidates = np.array([i for i in range(depth) if i not in {int(j) for j in exclude}], dtype=int)
+    if not 1 <= n_layers <= len(candidates):
+        raise ValueError(f"n_layers must be between 1 and the {len(candidates)} decoder layers that may be skipped, "
+                         f"got {n_layers}")
+    return candidates
+
+
+def _check_profile(profile: np.ndarray, depth: int) -> np.ndarray:
+    """The ranking profile as float64, refused unless it has one value per lens layer of this model."""
+    profile = np.asarray(profile, dtype=np.float64)
+    if profile.shape != (depth + 1,):
+        raise ValueError(
+            f"the profile has shape {profile.shape}, but this model's profiles have {depth + 1} lens layers "
+            f"(embeddings + {depth} decoder layers); rank layers with a profile of the same model"
+        )
+    return profile
+
+
+def _evaluator(model: nn.Module, tokenizer: Any, items: Sequence[MultipleChoiceItem] | None,
+               texts: Sequence[str] | None, max_length: int, batch_size: int):
+    """``(metric names, description, evaluate)``: multiple-choice accuracy on ``items``, else next-token accuracy."""
+    if items is not None:
+        def evaluate() -> tuple[float, ...]:
+            s = multiple_choice_accuracy(model, tokenizer, items, batch_size=batch_size)
+            return s.accuracy, s.accuracy_norm
+
+        return ("accuracy", "accuracy (length-normalised)"), f"multiple choice, {len(items)} questions", evaluate
+
+    def evaluate() -> tuple[float, ...]:
+        s = next_token_accuracy(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
+        return s.accuracy, s.nll
+
+    return ("next-token accuracy", "NLL (nats/token)"), f"next-token prediction, {len(texts)} texts", evaluate
+
+
+def _skip_plans(profile: np.ndarray, candidates: np.ndarray, n_layers: int, seeds: int,
+                seed: int) -> list[tuple[str, list[tuple[int, ...]]]]:
+    """The conditions compared: none, the layers of maximal expansion, of maximal pruning, random draws."""
+    rng = np.random.default_rng(seed)
+    steps = entropy_steps(profile)[candidates]
+    ranked = {kind: candidates[np.argsort(-kind * steps, kind="stable")[:n_layers]] for kind in (EXPANSION, PRUNING)}
+    return [
+        ("none", [()]),
+        (f"max expansion ({n_layers})", [tuple(int(i) for i in ranked[EXPANSION])]),
+        (f"max pruning ({n_layers})", [tuple(int(i) for i in ranked[PRUNING])]),
+        (f"random ({n_layers}) x{seeds}",
+         [tuple(sorted(int(i) for i in rng.choice(candidates, n_layers, replace=False))) for _ in range(seeds)]),
+    ]
 
 
 def format_skip_experiment(experiment: SkipExperiment) -> str:

@@ -318,13 +318,7 @@ def train_lens(
     tuned = TunedLens.for_model(model, model_name=model_name).to(lens.device)
     optimizer = _make_optimizer(list(tuned.parameters()), settings)
     key = _checkpoint_key(settings, tuned.fingerprint, train, held_out)
-    step, losses = 0, []
-    if ckpt.exists():
-        state = _load_checkpoint(ckpt, key)
-        tuned.load_state_dict(state["lens"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, losses = int(state["step"]), list(state["losses"])
-        log(f"resuming from {ckpt} at step {step} of {settings.steps}")
+    step, losses = _resume(ckpt, key, tuned, optimizer, settings, log)
     started = time.perf_counter()
     model.eval()
     bar = tqdm(total=settings.steps, initial=step, desc="train-lens", unit="step", disable=not progress,
@@ -332,20 +326,8 @@ def train_lens(
     try:
         with _FrozenModel(model):
             while step < settings.steps:
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr_at(step)
-                optimizer.zero_grad(set_to_none=True)
-                batch = sequences[batch_indices(len(sequences), settings.batch_size, settings.seed, step)]
-                rows, target = _rows_and_final(model, lens, batch)
-                total = 0.0
-                for i, h in enumerate(rows):  # one backward per row keeps one row's logits alive at a time
-                    loss = target.kl(lens.logits(tuned.translate_row(h, i))).mean()
-                    loss.backward()
-                    total += float(loss.detach())
-                nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
-                optimizer.step()
+                losses.append(_train_step(model, lens, tuned, optimizer, sequences, settings, step))
                 step += 1
-                losses.append(total / len(rows))
                 bar.update(1)
                 bar.set_postfix(kl=f"{losses[-1]:.3f}")
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
@@ -356,22 +338,60 @@ def train_lens(
         raise
     finally:
         bar.close()
-    trained_s = time.perf_counter() - started
+    _evaluate_and_save(model, lens, tuned, evaluation, out, train=train, held_out=held_out, settings=settings,
+                       train_sequences=len(sequences), losses=losses, trained_s=time.perf_counter() - started,
+                       save_dtype=save_dtype)
+    ckpt.unlink(missing_ok=True)
+    return tuned
+
+
+def _resume(ckpt: Path, key: dict[str, Any], tuned: TunedLens, optimizer: torch.optim.Optimizer,
+            settings: TrainSettings, log: Callable[[str], None]) -> tuple[int, list[float]]:
+    """The step and losses to go on from: the checkpoint's, loaded into ``tuned`` and ``optimizer``, else a fresh start."""
+    if not ckpt.exists():
+        return 0, []
+    state = _load_checkpoint(ckpt, key)
+    tuned.load_state_dict(state["lens"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"resuming from {ckpt} at step {int(state['step'])} of {settings.steps}")
+    return int(state["step"]), list(state["losses"])
+
+
+def _train_step(model: nn.Module, lens: LogitLens, tuned: TunedLens, optimizer: torch.optim.Optimizer,
+                sequences: torch.Tensor, settings: TrainSettings, step: int) -> float:
+    """One optimizer step on the batch of ``step``; returns the mean KL over lens rows."""
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr_at(step)
+    optimizer.zero_grad(set_to_none=True)
+    batch = sequences[batch_indices(len(sequences), settings.batch_size, settings.seed, step)]
+    rows, target = _rows_and_final(model, lens, batch)
+    total = 0.0
+    for i, h in enumerate(rows):  # one backward per row keeps one row's logits alive at a time
+        loss = target.kl(lens.logits(tuned.translate_row(h, i))).mean()
+        loss.backward()
+        total += float(loss.detach())
+    nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
+    optimizer.step()
+    return total / len(rows)
+
+
+def _evaluate_and_save(model: nn.Module, lens: LogitLens, tuned: TunedLens, evaluation: torch.Tensor, out: Path, *,
+                       train: TextSource, held_out: TextSource | None, settings: TrainSettings, train_sequences: int,
+                       losses: list[float], trained_s: float, save_dtype: str) -> None:
+    """Evaluate the weights as they will be stored, record how they were trained, write the lens file."""
     # Evaluate the weights as they will be stored.
     tuned.load_state_dict({k: v.to(SAVE_DTYPES[save_dtype]).float() for k, v in tuned.state_dict().items()})
     tuned.eval()
     result = evaluate_kl(model, tuned, evaluation, batch_size=settings.batch_size, lens=lens)
     tuned.training_settings = {
         **asdict(settings), "lr": settings.learning_rate, "text": train.name, "text_sha256": train.sha256,
-        "eval_text": held_out.name if held_out is not None else "", "train_sequences": len(sequences),
+        "eval_text": held_out.name if held_out is not None else "", "train_sequences": train_sequences,
         "tokens_seen": settings.steps * settings.batch_size * settings.seq_len,
         "final_train_kl_mean_last_20": float(np.mean(losses[-20:])) if losses else None,
         "train_seconds_this_run": round(trained_s, 1), "save_dtype": save_dtype, "torch": torch.__version__,
     }
     tuned.evaluation = {**result, "held_out": "eval text" if held_out is not None else f"last {settings.held_out:.0%} of the text"}
     tuned.save(out, dtype=save_dtype)
-    ckpt.unlink(missing_ok=True)
-    return tuned
 
 
 def kl_table(evaluation: dict[str, Any], row_names: Sequence[str]) -> str:

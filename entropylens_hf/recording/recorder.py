@@ -42,6 +42,7 @@ from ..lens.logit import LogitLens
 from .generation import eos_ids, generation_settings, max_new_tokens, refuse_unsupported_modes, setting
 from .live import DEFAULT_LIVE_INTERVAL, LiveRecording
 from .state import CallState, HostBlock
+from .vocabulary import decoded_vocabulary, token_texts
 from ..lens.metrics import LensStatistics
 from ..lens.metrics import entropy as shannon_entropy
 from ..lens.sublayers import lens_rows, resolve_mid_points
@@ -174,18 +175,18 @@ class EntropyLens:
 
     def _token_bytes(self) -> int:
         """Bytes of the longest token text (+ slack): the text room a live sequence reserves per token."""
-        if getattr(self, "_max_token_bytes", None) is None:
-            texts = self.vocabulary() or [f"<{self.lens.vocab_size}>"]
-            self._max_token_bytes = max(len(t.encode("utf-8")) for t in texts) + 8
-        return self._max_token_bytes
+        if self.tokenizer is None:
+            return len(f"<{self.lens.vocab_size}>") + 8
+        return decoded_vocabulary(self.tokenizer, self.lens.vocab_size).longest_bytes + 8
 
     def vocabulary(self) -> list[str]:
-        """Decoded text of every token id the lens can predict (stored once per trace file)."""
+        """Decoded text of every token id the lens can predict (stored once per trace file).
+
+        Decoded once per tokenizer (:mod:`.vocabulary`): a second ``record()`` costs nothing here.
+        """
         if self.tokenizer is None:
             return []
-        n = min(len(self.tokenizer), self.lens.vocab_size)
-        texts = list(_token_texts(self.tokenizer, list(range(n))))
-        return texts + [""] * (self.lens.vocab_size - n)
+        return list(decoded_vocabulary(self.tokenizer, self.lens.vocab_size).texts)
 
     # -- recording
     @contextlib.contextmanager
@@ -311,52 +312,12 @@ class TraceRecorder(LogitsProcessor):
 
     # ------------------------------------------------------------------ generate wrapper
     def _generate(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        """``generate`` with this recorder attached: check the call, record it, store its sequences."""
         model = self.lens.model
         refuse_unsupported_modes(model, kwargs)
-        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        if isinstance(input_ids, (str, list, tuple)):
-            raise UnsupportedGenerationError(
-                "generate needs token ids, not text or a list: tokenize first, "
-                "model.generate(**tokenizer(texts, return_tensors='pt', padding=True))"
-            )
-        if isinstance(input_ids, torch.Tensor) and input_ids.dim() != 2:
-            raise UnsupportedGenerationError(
-                f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}; "
-                "add a batch axis with input_ids[None] or tokenize with return_tensors='pt'"
-            )
-        if not isinstance(input_ids, torch.Tensor):
-            raise UnsupportedGenerationError(
-                "the recorder needs token ids: call generate(input_ids=...) (or **tokenizer(...)), "
-                "not inputs_embeds alone"
-            )
-        if input_ids.shape[1] == 0:
-            raise UnsupportedGenerationError("empty prompt: give at least one token (e.g. the BOS token)")
-        mask = self._attention_mask(input_ids, kwargs)
-        batch = input_ids.shape[0]
-        n_return = int(setting(model, kwargs, "num_return_sequences", 1) or 1)
-        labels, keys, texts = self._call_labels(batch), self._call_keys(batch), self._next_prompt_texts
-        self._next_labels = self._next_keys = self._next_prompt_texts = None
-        if texts is not None and len(texts) != batch:
-            raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
-        settings = generation_settings(model, kwargs, batch)
-        settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
-        settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
-        run = self.writer.begin_run(settings) if self.writer is not None else 0
-        self._state = CallState(
-            input_ids=input_ids.repeat_interleave(n_return, 0),
-            attention_mask=mask.repeat_interleave(n_return, 0),
-            eos_ids=eos_ids(model, kwargs),
-            row_labels=[lab for lab in labels for _ in range(n_return)],
-            row_keys=[key for key in keys for _ in range(n_return)],
-            run=run,
-            row_prompt_texts=None if texts is None else [t for t in texts for _ in range(n_return)],
-        )
-        processors = kwargs.get("logits_processor")
-        processors = LogitsProcessorList(list(processors) if processors is not None else [])
-        if not any(p is self for p in processors):
-            processors.append(self)
-        kwargs["logits_processor"] = processors
-        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _StopWhenAsked(self)])
+        input_ids = _prompt_ids(args, kwargs)
+        self._state = self._begin_call(input_ids, kwargs)
+        self._attach(kwargs)
         self._stop = False
         if self.live_interval is not None and self.writer is not None:
             self._live = LiveRecording(self, self.live_interval, max_new_tokens(model, kwargs, input_ids.shape[1]),
@@ -374,16 +335,52 @@ class TraceRecorder(LogitsProcessor):
         if self._stop:
             records = [replace(r, complete=False) for r in records]
         self._stop = False
+        self.last_records = self._store(records, live)
+        return output
+
+    def _begin_call(self, input_ids: torch.Tensor, kwargs: dict) -> CallState:
+        """The call's state, with one row per returned sequence; its settings begin a run in the trace."""
+        model = self.lens.model
+        mask = self._attention_mask(input_ids, kwargs)
+        batch = input_ids.shape[0]
+        n_return = int(setting(model, kwargs, "num_return_sequences", 1) or 1)
+        labels, keys, texts = self._call_labels(batch), self._call_keys(batch), self._next_prompt_texts
+        self._next_labels = self._next_keys = self._next_prompt_texts = None
+        if texts is not None and len(texts) != batch:
+            raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
+        settings = generation_settings(model, kwargs, batch)
+        settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
+        settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
+        run = self.writer.begin_run(settings) if self.writer is not None else 0
+        return CallState(
+            input_ids=input_ids.repeat_interleave(n_return, 0),
+            attention_mask=mask.repeat_interleave(n_return, 0),
+            eos_ids=eos_ids(model, kwargs),
+            row_labels=[lab for lab in labels for _ in range(n_return)],
+            row_keys=[key for key in keys for _ in range(n_return)],
+            run=run,
+            row_prompt_texts=None if texts is None else [t for t in texts for _ in range(n_return)],
+        )
+
+    def _attach(self, kwargs: dict) -> None:
+        """Put this recorder among the call's logits processors, and a stopping rule that :meth:`stop` sets."""
+        processors = kwargs.get("logits_processor")
+        processors = LogitsProcessorList(list(processors) if processors is not None else [])
+        if not any(p is self for p in processors):
+            processors.append(self)
+        kwargs["logits_processor"] = processors
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), _StopWhenAsked(self)])
+
+    def _store(self, records: list[SequenceRecord], live: LiveRecording | None) -> list[SequenceRecord]:
+        """The call's sequences into the trace (finished live, or written now), or kept in memory; with indices."""
         if live is not None:
             indices = live.finish(records)
-            records = [replace(r, index=i) for r, i in zip(records, indices)]
-        elif self.writer is not None:
+            return [replace(r, index=i) for r, i in zip(records, indices)]
+        if self.writer is not None:
             indices = self.writer.write(records)
-            records = [replace(r, index=i) for r, i in zip(records, indices)]
-        else:
-            self.records.extend(records)
-        self.last_records = records
-        return output
+            return [replace(r, index=i) for r, i in zip(records, indices)]
+        self.records.extend(records)
+        return records
 
     def _attention_mask(self, input_ids: torch.Tensor, kwargs: dict) -> torch.Tensor:
         mask = kwargs.get("attention_mask")
@@ -605,7 +602,7 @@ class TraceRecorder(LogitsProcessor):
             records.append(
                 SequenceRecord(
                     token_ids=np.asarray(token_ids, dtype=np.int64),
-                    token_texts=_token_texts(tokenizer, token_ids),
+                    token_texts=token_texts(tokenizer, token_ids),
                     prompt_length=len(prompt),
                     entropy=arrays["entropy"],
                     topk_ids=arrays["topk_ids"],
@@ -638,6 +635,29 @@ class _StopWhenAsked(StoppingCriteria):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _prompt_ids(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The call's prompt token ids ``[batch, tokens]``, refused with one line when the recorder cannot use them."""
+    input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if isinstance(input_ids, (str, list, tuple)):
+        raise UnsupportedGenerationError(
+            "generate needs token ids, not text or a list: tokenize first, "
+            "model.generate(**tokenizer(texts, return_tensors='pt', padding=True))"
+        )
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() != 2:
+        raise UnsupportedGenerationError(
+            f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}; "
+            "add a batch axis with input_ids[None] or tokenize with return_tensors='pt'"
+        )
+    if not isinstance(input_ids, torch.Tensor):
+        raise UnsupportedGenerationError(
+            "the recorder needs token ids: call generate(input_ids=...) (or **tokenizer(...)), "
+            "not inputs_embeds alone"
+        )
+    if input_ids.shape[1] == 0:
+        raise UnsupportedGenerationError("empty prompt: give at least one token (e.g. the BOS token)")
+    return input_ids
 
 
 def _by_row(stats: LensStatistics, n: int, layers: int) -> dict[str, torch.Tensor]:
@@ -689,9 +709,3 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     if tokenizer is None:
         return " ".join(f"<{i}>" for i in ids)
     return tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _token_texts(tokenizer: Any, ids: list[int]) -> tuple[str, ...]:
-    if tokenizer is None:
-        return tuple(f"<{i}>" for i in ids)
-    return tuple(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False))
