@@ -295,6 +295,14 @@ def main(argv=None) -> int:
         f"Criterion: margin > 0 and p < 0.05. Verdict: raw {_verdict(distance_ok['raw'])}, "
         f"shape {_verdict(distance_ok['shape'])}.",
         "",
+        "## The same question in the viewer",
+        "",
+        "\"What is the capital of France?\" (Gemma: `Question: ...\\nAnswer:`), the answer token \" Paris\" selected "
+        "at the last layer (`python examples/zoo_screenshots.py`):",
+        "",
+        *[f"![{m} in the viewer](viewer_{m}.png)" for m in ("smollm2", "gemma3-270m", "qwen2.5-coder-0.5b")
+          if (args.out / f"viewer_{m}.png").is_file()],
+        "",
         "## Limits",
         "",
         "- One family comes at two depths (Qwen2, 24 and 28 layers: a small change of depth); Llama and Gemma 3 "
