@@ -77,7 +77,7 @@ def main() -> None:
     print(f"cpu flags: {' '.join(sorted(f for f in cpu_flags() if 'bf16' in f or f in ('avx2', 'avx512f')))}; "
           f"auto picks: {auto_product(lens.device).name}")
     variants = [("float32", "float32", None), ("bfloat16", "bfloat16", None), ("float16", "float16", None),
-                ("bfloat16+offset", "bfloat16+offset", None)]
+                ("bfloat16+offset", "bfloat16+offset", None), ("bfloat16-split+offset", "bfloat16-split+offset", None)]
     if lens.device.type == "cpu":
         variants.append(("bfloat16 -> float32 out (emulated)", "bfloat16", _float32_output_emulated))
     if args.products != "all":

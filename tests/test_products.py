@@ -30,9 +30,13 @@ def lens_and_rows():
     return lens, rows, targets
 
 
-def _reference(lens, rows, dtype):
-    """float64 logits of the inputs rounded to ``dtype`` (the product's own inputs), and their statistics."""
-    w = lens.unembedding.weight.detach().to(dtype).double()
+def _reference(lens, rows, dtype, split=False):
+    """float64 logits of the inputs rounded to ``dtype`` (the product's own inputs), and their statistics.
+
+    A split product carries the weight as two bfloat16 parts: its weight is the float32 one (to 2**-16).
+    """
+    w = lens.unembedding.weight.detach()
+    w = w.double() if split else w.to(dtype).double()
     z = rows.to(dtype).double() @ w.t() + lens.unembedding.bias.detach().double()
     p = z.softmax(-1)
     return z, -(p * p.clamp_min(1e-300).log()).sum(-1)
@@ -41,7 +45,8 @@ def _reference(lens, rows, dtype):
 # Documented bounds (docs/performance.md): mean / max |entropy error| in nats against float64 of
 # the same rounded inputs. bfloat16 on CPU rounds its output (spacing 0.25 near 60); the offset
 # product rounds logits minus a near-maximum logit, so its error is far smaller.
-BOUNDS = {"float32": (1e-5, 1e-4), "float16": (2e-3, 2e-2), "bfloat16": (2e-2, 0.2), "bfloat16+offset": (2e-3, 2e-2)}
+BOUNDS = {"float32": (1e-5, 1e-4), "float16": (2e-3, 2e-2), "bfloat16": (2e-2, 0.2), "bfloat16+offset": (2e-3, 2e-2),
+          "bfloat16-split+offset": (2e-3, 2e-2)}
 
 
 @pytest.mark.parametrize("name", PRODUCT_NAMES)
@@ -51,7 +56,7 @@ def test_each_product_meets_its_documented_bound_against_float64(lens_and_rows, 
     product = named_product(name)
     max_logits = ROWS * 2048 if chunked else ROWS * VOCAB  # 3 chunks, the last partial / one chunk
     stats = lens.statistics(rows, top_k=5, targets=targets, dtype=name, max_logits=max_logits)
-    z, entropy = _reference(lens, rows, product.dtype)
+    z, entropy = _reference(lens, rows, product.dtype, product.split)
     error = (stats.entropy.double() - entropy).abs()
     mean_bound, max_bound = BOUNDS[name]
     assert error.mean() <= mean_bound and error.max() <= max_bound
@@ -77,13 +82,14 @@ def test_offset_product_is_closer_to_float64_than_the_plain_bfloat16_product(len
         assert errors["bfloat16+offset"] < errors["bfloat16"] / 3
 
 
-def test_token_statistics_with_the_offset_product_match_float64_of_the_rounded_inputs(lens_and_rows):
+@pytest.mark.parametrize("name", ["bfloat16+offset", "bfloat16-split+offset"])
+def test_token_statistics_with_an_offset_product_match_float64_of_the_rounded_inputs(lens_and_rows, name):
     lens, rows, _ = lens_and_rows
     residuals = rows.reshape(ROWS // 4, 4, WIDTH)  # 24 tokens x 4 lens rows, the last the final row
-    stats = lens.token_statistics(residuals, top_k=3, dtype="bfloat16+offset")
-    _, entropy = _reference(lens, rows, torch.bfloat16)
+    stats = lens.token_statistics(residuals, top_k=3, dtype=name)
+    _, entropy = _reference(lens, rows, torch.bfloat16, named_product(name).split)
     error = (stats.entropy.double() - entropy).abs()
-    assert error.mean() <= BOUNDS["bfloat16+offset"][0] and error.max() <= BOUNDS["bfloat16+offset"][1]
+    assert error.mean() <= BOUNDS[name][0] and error.max() <= BOUNDS[name][1]
     assert torch.all(stats.kl >= 0)
 
 
@@ -92,11 +98,11 @@ def test_token_statistics_with_the_offset_product_match_float64_of_the_rounded_i
     [
         ("cpu", torch.float32, {"avx2", "fma"}, None, "float32"),  # an AMD EPYC with AVX2 only
         ("cpu", torch.float32, {"avx2", "avx512f"}, None, "float32"),  # AVX512 without bf16
-        ("cpu", torch.float32, {"avx2", "avx512f", "avx512_bf16"}, None, "bfloat16+offset"),
-        ("cpu", torch.float32, {"avx2", "amx_bf16", "amx_tile"}, None, "bfloat16+offset"),
+        ("cpu", torch.float32, {"avx2", "avx512f", "avx512_bf16"}, None, "bfloat16-split+offset"),
+        ("cpu", torch.float32, {"avx2", "amx_bf16", "amx_tile"}, None, "bfloat16-split+offset"),
         ("cpu", torch.bfloat16, {"avx2"}, None, "bfloat16"),  # a model loaded in bfloat16 keeps its dtype
         ("cpu", torch.float16, {"amx_bf16"}, None, "float16"),
-        ("cuda", torch.float32, set(), True, "bfloat16"),
+        ("cuda", torch.float32, set(), True, "bfloat16-split+offset"),
         ("cuda", torch.float32, set(), False, "float32"),
         ("mps", torch.float32, {"amx_bf16"}, None, "float32"),
     ],
@@ -110,7 +116,7 @@ def test_named_product_refuses_unknown_names():
         named_product("int8")
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx2"}, "float32"), ({"amx_bf16"}, "bfloat16+offset")])
+@pytest.mark.parametrize("flags, expected", [({"avx2"}, "float32"), ({"amx_bf16"}, "bfloat16-split+offset")])
 def test_auto_lens_stores_the_product_it_used_with_each_run(llama, tmp_path, flags, expected):
     path = tmp_path / "t.h5"
     with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset(flags)):
@@ -134,7 +140,7 @@ def test_logits_of_a_block_stay_within_max_logits_whatever_the_vocabulary(vocab,
     assert lens.new_workspace(max_logits).numel() == 2 * rows * chunk
 
 
-@pytest.mark.parametrize("name", ["float32", "bfloat16+offset"])
+@pytest.mark.parametrize("name", ["float32", "bfloat16-split+offset"])
 def test_every_chunk_the_statistics_see_holds_at_most_max_logits(name):
     head = nn.Linear(16, 30000, bias=False)
     lens = LogitLens(nn.ModuleList([nn.Identity()]), nn.Identity(), head)

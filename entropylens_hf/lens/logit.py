@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
@@ -301,23 +300,21 @@ class LogitLens(nn.Module):
         rows, chunk = self.block_shape(max_logits)
         return torch.empty(2 * rows * chunk, device=self.device)
 
-    def lens_weight(self, dtype: torch.dtype, offset: bool = False) -> torch.Tensor:
-        """The unembedding weight in the product dtype ``dtype``, converted once and cached.
+    def lens_weight(self, product: "torch.dtype | str | Product") -> torch.Tensor:
+        """The unembedding weight as product ``product`` reads it (a dtype: the plain product), converted once and cached.
 
-        With ``offset`` it carries two columns of ones (see :mod:`.products`). The cache follows
-        the weight: a new tensor or an in-place update converts it again.
+        The cache follows the weight: a new tensor or an in-place update converts it again.
         """
+        product = named_product(product)
         weight = self.unembedding.weight
-        if weight.dtype == dtype and not offset:
+        if weight.dtype == product.dtype and not product.augmented:
             return weight
-        key = (dtype, offset, weight.data_ptr(), weight._version)
+        key = (product.name, weight.data_ptr(), weight._version)
         cache = self.__dict__.setdefault("_lens_weight_cache", {})
         if key not in cache:
-            converted = weight.detach().to(dtype)
-            if offset:
-                converted = torch.cat([converted, converted.new_ones(converted.shape[0], 2)], -1)
-            cache.clear()  # one conversion alive at a time: a weight's copies are large
-            cache[key] = converted
+            if any(k[1:] != key[1:] for k in cache):
+                cache.clear()  # the weight changed: its old copies are stale
+            cache[key] = product.weight_columns(weight)
         return cache[key]
 
     def _block_statistics(
@@ -368,14 +365,15 @@ class LogitLens(nn.Module):
         """Chunk logits of a linear head by ``dtype``'s product, and each target's logit as it computes them."""
         product = self._product(dtype)
         bias = self.unembedding.bias
-        weight = self.lens_weight(product.dtype, product.offset)
+        weight = self.lens_weight(product)
         rows = rows.to(product.dtype)
-        n, width = rows.shape
+        n = rows.shape[0]
         if product.offset:
             ids = candidates if targets is None else _with_targets(candidates, targets.to(rows.device))
             multiply = _OffsetChunks(product, rows, weight, ids)
         else:
-            multiply = lambda start, stop, z: product.multiply(rows, weight[start:stop], z, None)  # noqa: E731
+            read = product.row_columns(rows, None)[0]
+            multiply = lambda start, stop, z: product.multiply(read, weight[start:stop], z, None)  # noqa: E731
 
         def chunk_logits(start: int, stop: int) -> torch.Tensor:
             z = None if workspace is None else workspace[: n * (stop - start)].view(n, stop - start)
@@ -387,12 +385,10 @@ class LogitLens(nn.Module):
         if targets is None:
             return chunk_logits, None
         # Each target's logit as the product computes it: from the same rounded inputs and, for
-        # a product that rounds its output, rounded like it, so target prob and rank agree with
-        # the chunks (an offset product's output is rounded near zero: the float32 logit is kept).
+        # a plain product that rounds its output, rounded like it, so target prob and rank agree
+        # with the chunks (an offset product's output is rounded near zero: float32 is kept).
         safe = targets.to(weight.device).clamp(min=0)
-        target_logits = (rows.float() * weight[safe, :width].float()).sum(-1)
-        if not product.offset:
-            target_logits = product.round_like(target_logits, None, rows.device)
+        target_logits = product.round_like(product.exact_logits(rows, weight[safe].unsqueeze(1))[:, 0], rows.device)
         if bias is not None:
             target_logits = target_logits + bias[safe].float()
         return chunk_logits, self._transform(target_logits)
@@ -420,13 +416,12 @@ class LogitLens(nn.Module):
             return self._transform(self.unembedding(rows).float())
         bias = self.unembedding.bias
         product = self._product(dtype)
-        rows = rows.to(product.dtype)
-        plain = named_product(product.dtype)
-        z = plain.multiply(rows, self.lens_weight(product.dtype), None, None)
+        rows, weight = rows.to(product.dtype), self.lens_weight(product)
+        read, shift = product.row_columns(rows, None)
+        z = product.multiply(read, weight, None, shift)
         if product.offset:
-            weight = self.lens_weight(product.dtype, offset=True)
-            shift = _offset_reference(rows, weight, z.argmax(-1, keepdim=True))
-            shifted, shift = product.offset_rows(rows, shift)
+            shift = _offset_reference(product, rows, weight, z.argmax(-1, keepdim=True))
+            shifted, shift = product.row_columns(rows, shift)
             z = product.multiply(shifted, weight, z, shift)
         if bias is not None:
             z.add_(bias.float())
@@ -561,14 +556,14 @@ class _OffsetChunks:
         self.shift: torch.Tensor | None = None
 
     def __call__(self, start: int, stop: int, out: torch.Tensor | None) -> torch.Tensor:
-        rows, weight = self.rows, self.weight[start:stop]
+        product, rows, weight = self.product, self.rows, self.weight[start:stop]
         if self.shift is None or start == 0:
-            unshifted = torch.cat([rows, rows.new_zeros(rows.shape[0], 2)], -1)  # the weight's contiguous layout
-            plain = F.linear(unshifted, weight).float().argmax(-1, keepdim=True) + start  # bf16 argmax: 15x slower
+            unshifted = product.row_columns(rows, None)[0]  # offset 0: the same kernel, no second weight copy
+            plain = product.multiply(unshifted, weight, out, None).argmax(-1, keepdim=True) + start
             ids = plain if self.candidates is None else torch.cat([self.candidates.to(plain.device), plain], -1)
-            self.shift = _offset_reference(rows, self.weight, ids)
-        shifted, shift = self.product.offset_rows(rows, self.shift)
-        z = self.product.multiply(shifted, weight, out, shift)
+            self.shift = _offset_reference(product, rows, self.weight, ids)
+        shifted, shift = product.row_columns(rows, self.shift)
+        z = product.multiply(shifted, weight, out, shift)
         self.shift = torch.maximum(self.shift, z.amax(-1))
         return z
 
@@ -579,16 +574,11 @@ def _with_targets(candidates: torch.Tensor | None, targets: torch.Tensor) -> tor
     return t if candidates is None else torch.cat([candidates.to(t.device), t], -1)
 
 
-def _offset_reference(rows: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-    """Per row, the largest float32 logit among candidate ids ``[R, c]`` (-1: none); 0 where a row has none.
-
-    ``weight`` may carry the offset columns; only its first ``rows.shape[1]`` are read.
-    """
+def _offset_reference(product: Product, rows: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    """Per row, the largest float32 logit among candidate ids ``[R, c]`` (-1: none); 0 where a row has none."""
     if ids is None:
         return torch.zeros(rows.shape[0], device=rows.device)
-    width = rows.shape[1]
-    picked = weight[ids.clamp(min=0), :width].float()  # [R, c, d]
-    logits = torch.einsum("rd,rcd->rc", rows.float(), picked)
+    logits = product.exact_logits(rows, weight[ids.clamp(min=0)])
     logits = logits.masked_fill(ids < 0, -math.inf).amax(-1)
     return torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
 

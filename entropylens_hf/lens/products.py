@@ -93,48 +93,80 @@ def plain_product_function(device: torch.device, dtype: torch.dtype) -> Callable
 
 @dataclass(frozen=True)
 class Product:
-    """One formulation of the lens product: input dtype, and whether rows carry a per-row offset.
+    """One formulation of the lens product: input dtype, a per-row offset, the weight in two parts.
 
-    ``name`` is what a run's settings store (``lens_product``).
+    ``name`` is what a run's settings store (``lens_product``). With ``split`` the weight is
+    carried as high and low ``dtype`` parts side by side (rows repeated against them), which
+    removes the weight's rounding at twice the product's cost; with ``offset`` rows carry
+    ``-reference`` in two extra columns against two columns of ones.
     """
 
     name: str
     dtype: torch.dtype
     offset: bool = False
+    split: bool = False
+
+    @property
+    def augmented(self) -> bool:
+        return self.offset or self.split
 
     def function(self, device: torch.device) -> Callable:
         return plain_product_function(device, self.dtype)
 
     def rounds_output(self, device: torch.device) -> bool:
         """Whether the product's float32 result is a low-precision value widened (CPU bf16/fp16)."""
-        return self.function(device) is low_precision_output
+        return self.augmented or self.function(device) is low_precision_output
 
-    def offset_rows(self, rows: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows ``[n, d]`` (in ``dtype``) with ``-reference`` appended as two columns (high and low parts).
+    def weight_columns(self, weight: torch.Tensor) -> torch.Tensor:
+        """The unembedding weight ``[V, d]`` as this product reads it: ``[V, d]``, or with its extra columns."""
+        high = weight.detach().to(self.dtype)
+        parts = [high]
+        if self.split:
+            parts.append((weight.detach().float() - high.float()).to(self.dtype))
+        if self.offset:
+            parts.append(high.new_ones(high.shape[0], 2))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
-        Returns them with the offset they carry exactly (``high + low``, within float32 rounding
-        of ``reference``), the value :meth:`multiply` must add back.
+    def row_columns(self, rows: torch.Tensor, reference: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows ``[n, d]`` (in ``dtype``) as this product reads them, and the offset they carry exactly.
+
+        The offset is ``-reference`` split into high and low parts; it is returned as
+        ``high + low`` (within float32 rounding of ``reference``), the value to add back.
         """
-        high = reference.to(self.dtype)
-        low = (reference - high.float()).to(self.dtype)
-        exact = high.float() + low.float()
-        return torch.cat([rows, -high.unsqueeze(-1), -low.unsqueeze(-1)], -1), exact
+        parts = [rows, rows] if self.split else [rows]
+        exact = None
+        if self.offset:
+            reference = torch.zeros(rows.shape[0], device=rows.device) if reference is None else reference
+            high = reference.to(self.dtype)
+            low = (reference - high.float()).to(self.dtype)
+            exact = high.float() + low.float()
+            parts += [-high.unsqueeze(-1), -low.unsqueeze(-1)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)), exact
+
+    def exact_logits(self, rows: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
+        """float32 logits of ``rows`` ``[n, d]`` against ``weight_rows`` ``[n, c, D]`` (from :meth:`weight_columns`).
+
+        Exact in float32 for the inputs the product reads, before its output is rounded.
+        """
+        width = rows.shape[1]
+        w = weight_rows[..., :width].float()
+        if self.split:
+            w = w + weight_rows[..., width : 2 * width].float()
+        return torch.einsum("nd,ncd->nc", rows.float(), w)
 
     def multiply(
         self, rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None, reference: torch.Tensor | None
     ) -> torch.Tensor:
-        """float32 logits of ``rows`` against weight rows ``weight``; with ``offset`` both carry the extra columns."""
-        if not self.offset:
+        """float32 logits of ``rows`` against ``weight`` rows, both as :meth:`row_columns` / :meth:`weight_columns` give."""
+        if not self.augmented:
             return self.function(rows.device)(rows, weight, out)
-        z = F.linear(rows, weight)  # logits - reference, rounded near zero
-        shift = reference.unsqueeze(-1)  # widen, then add: a mixed-dtype add is 6x slower on CPU
-        return (z.float() if out is None else out.copy_(z)).add_(shift)
+        z = F.linear(rows, weight)  # the weight's stored layout: oneDNN's AMX path on CPU
+        z = z.float() if out is None else out.copy_(z)  # widen, then add: a mixed-dtype add is 6x slower
+        return z if reference is None else z.add_(reference.unsqueeze(-1))
 
-    def round_like(self, logits: torch.Tensor, reference: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """float32 ``logits`` of the rounded inputs, rounded as this product rounds its output."""
-        if self.offset:
-            return (logits - reference).to(self.dtype).float() + reference
-        if self.rounds_output(device):
+    def round_like(self, logits: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """float32 ``logits`` of the rounded inputs, rounded as a plain product rounds its output."""
+        if not self.augmented and self.rounds_output(device):
             return logits.to(self.dtype).float()
         return logits
 
@@ -144,6 +176,7 @@ PRODUCTS = {
     "bfloat16": Product("bfloat16", torch.bfloat16),
     "float16": Product("float16", torch.float16),
     "bfloat16+offset": Product("bfloat16+offset", torch.bfloat16, offset=True),
+    "bfloat16-split+offset": Product("bfloat16-split+offset", torch.bfloat16, offset=True, split=True),
 }
 PRODUCT_NAMES = tuple(PRODUCTS)
 
@@ -190,9 +223,9 @@ def auto_product(
     if device.type == "cuda":
         if cuda_float32_output is None:
             cuda_float32_output = has_float32_output(device, torch.bfloat16)
-        return PRODUCTS["bfloat16"] if cuda_float32_output else PRODUCTS["float32"]
+        return PRODUCTS["bfloat16-split+offset"] if cuda_float32_output else PRODUCTS["float32"]
     if device.type == "cpu":
         flags = cpu_flags() if flags is None else frozenset(flags)
         if flags & BF16_CPU_FLAGS:
-            return PRODUCTS["bfloat16+offset"]
+            return PRODUCTS["bfloat16-split+offset"]
     return PRODUCTS["float32"]
