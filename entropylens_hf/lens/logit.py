@@ -10,6 +10,7 @@ passed explicitly for a model where that fails. The contract, tested per family:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -303,19 +304,16 @@ class LogitLens(nn.Module):
     def lens_weight(self, product: "torch.dtype | str | Product") -> torch.Tensor:
         """The unembedding weight as product ``product`` reads it (a dtype: the plain product), converted once and cached.
 
-        The cache follows the weight: a new tensor or an in-place update converts it again.
+        The cache lives with the weight tensor, not with this lens: every ``EntropyLens`` of the
+        same model (one per ``record()`` in a notebook) shares one conversion, which on a
+        262k-vocabulary model costs about a second. It follows the weight: an in-place update
+        converts it again.
         """
         product = named_product(product)
         weight = self.unembedding.weight
         if weight.dtype == product.dtype and not product.augmented:
             return weight
-        key = (product.name, weight.data_ptr(), weight._version)
-        cache = self.__dict__.setdefault("_lens_weight_cache", {})
-        if key not in cache:
-            if any(k[1:] != key[1:] for k in cache):
-                cache.clear()  # the weight changed: its old copies are stale
-            cache[key] = product.weight_columns(weight)
-        return cache[key]
+        return _converted_weight(weight, product)
 
     def _block_statistics(
         self,
@@ -566,6 +564,24 @@ class _OffsetChunks:
         z = product.multiply(shifted, weight, out, shift)
         self.shift = torch.maximum(self.shift, z.amax(-1))
         return z
+
+
+_WEIGHT_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _converted_weight(weight: torch.Tensor, product: Product) -> torch.Tensor:
+    """``product.weight_columns(weight)``, kept while ``weight`` lives and is unchanged."""
+    entry = _WEIGHT_CACHE.get(id(weight))
+    if entry is None or entry[0]() is not weight:
+        entry = (weakref.ref(weight), {})
+        _WEIGHT_CACHE[id(weight)] = entry
+        weakref.finalize(weight, _WEIGHT_CACHE.pop, id(weight), None)
+    conversions = entry[1]
+    key = (product.name, weight.data_ptr(), weight._version)
+    if key not in conversions:
+        conversions.clear()  # keep one conversion per weight: each is as large as the weight
+        conversions[key] = product.weight_columns(weight)
+    return conversions[key]
 
 
 def _with_targets(candidates: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
