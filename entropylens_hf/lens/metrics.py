@@ -142,126 +142,158 @@ def streaming_lens_statistics(
     only ``sum_v q_v z_v`` is gathered per chunk (one batched product over the raw logits).
     """
     first = chunk_logits(0, min(chunk_size, vocab_size))
-    n_rows = first.shape[0]
-    device = first.device
-    k = min(top_k, vocab_size)
     alphas = tuple(float(a) for a in alphas)
-    finite_alphas = [a for a in alphas if a not in (0.0, 1.0) and not math.isinf(a)]
-    need_support = 0.0 in alphas
-
-    running_max = torch.full((n_rows,), -math.inf, device=device)
-    sum_exp = torch.zeros(n_rows, device=device)  # sum exp(z - max)
-    sum_exp_shift = torch.zeros(n_rows, device=device)  # sum exp(z - max) * (z - max)
-    sum_pow = torch.zeros(n_rows, len(finite_alphas), device=device)  # sum exp(a (z - max))
-    support = torch.zeros(n_rows, device=device)
-    best_vals = torch.full((n_rows, 0), -math.inf, device=device)
-    best_ids = torch.zeros((n_rows, 0), dtype=torch.long, device=device)
-
-    has_reference = reference is not None
-    if has_reference:
-        groups = reference.shape[0]
-        if groups == 0 or n_rows % groups:
-            raise ValueError(f"{n_rows} rows do not split into {groups} reference groups")
-        per_group = n_rows // groups
-        cross = torch.zeros(n_rows, device=device)  # sum_v q_v z_v
-
-    has_target = target_ids is not None
-    if has_target:
-        target_ids = target_ids.to(device)
-        target_logits = target_logits.to(device).float()
-        valid = target_ids >= 0
-        higher = torch.zeros(n_rows, dtype=torch.long, device=device)
-
+    state = _Running.start(first.shape[0], first.device, alphas, reference, target_ids, target_logits)
+    k = min(top_k, vocab_size)
     for start in range(0, vocab_size, chunk_size):
         stop = min(start + chunk_size, vocab_size)
         z = first if start == 0 else chunk_logits(start, stop)
-
         # Statistics that need the raw logits come first; then z is overwritten in place,
         # so a chunk costs the logits plus one scratch tensor of the same shape.
         buffer = torch.empty_like(z) if scratch is None else scratch[: z.numel()].view(z.shape)
-        vals, idx = exact_topk(z, min(k, stop - start))
-        chunk_max = vals[:, 0]  # topk is sorted: no separate pass for the maximum
-        best_vals, order = torch.cat([best_vals, vals], -1).topk(min(k, best_vals.shape[1] + vals.shape[1]), dim=-1)
-        best_ids = torch.cat([best_ids, idx + start], -1).gather(-1, order)
-        if has_reference:
-            q = reference[:, start:stop].to(device=device, dtype=z.dtype).unsqueeze(-1)
-            cross += torch.bmm(z.reshape(groups, per_group, stop - start), q).reshape(n_rows)
-        if has_target:
-            # Count tokens scoring above the target, never the target itself: its logit from
-            # this product may differ by rounding from the one the caller gathered.
-            # sign(max(z - t, 0)) is 1 exactly where z > t; a float sum of it is exact below
-            # 2**24 and, on CPU, about twice as fast as comparing and counting bools. NaN
-            # arises only from -inf - -inf (a masked token is not above a masked target).
-            above = torch.sub(z, target_logits.unsqueeze(-1), out=buffer).clamp_(min=0).sign_()
-            local = target_ids - start
-            in_chunk = (local >= 0) & (local < stop - start)
-            self_above = above.gather(-1, local.clamp(0, stop - start - 1).unsqueeze(-1)).squeeze(-1)
-            self_above = torch.where(in_chunk, self_above.nan_to_num(0.0), torch.zeros_like(self_above))
-            higher = higher + (above.nansum(-1) - self_above).long()
-            del above
-        if need_support:
-            support = support + torch.isfinite(z).sum(-1)
+        chunk_max = state.add_topk(z, start, k)
+        if reference is not None:
+            state.add_cross(z, reference, start, stop)
+        if target_ids is not None:
+            state.add_above(z, start, buffer)
+        if state.need_support:
+            state.support = state.support + torch.isfinite(z).sum(-1)
+        state.add_exponentials(z, chunk_max, buffer)
+        del z, buffer
+    return state.finish(alphas, reference_entropy)
 
-        new_max = torch.maximum(running_max, chunk_max)
+
+@dataclass
+class _Running:
+    """The running sums of :func:`streaming_lens_statistics` over the chunks seen so far, one step per method."""
+
+    n_rows: int
+    device: torch.device
+    finite_alphas: list
+    need_support: bool
+    running_max: torch.Tensor
+    sum_exp: torch.Tensor  # sum exp(z - max)
+    sum_exp_shift: torch.Tensor  # sum exp(z - max) * (z - max)
+    sum_pow: torch.Tensor  # sum exp(a (z - max)), one column per finite order
+    support: torch.Tensor
+    best_vals: torch.Tensor
+    best_ids: torch.Tensor
+    groups: int = 0
+    cross: torch.Tensor | None = None  # sum_v q_v z_v
+    target_ids: torch.Tensor | None = None
+    target_logits: torch.Tensor | None = None
+    higher: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, n_rows, device, alphas, reference, target_ids, target_logits) -> "_Running":
+        finite = [a for a in alphas if a not in (0.0, 1.0) and not math.isinf(a)]
+        state = cls(
+            n_rows=n_rows, device=device, finite_alphas=finite, need_support=0.0 in alphas,
+            running_max=torch.full((n_rows,), -math.inf, device=device),
+            sum_exp=torch.zeros(n_rows, device=device), sum_exp_shift=torch.zeros(n_rows, device=device),
+            sum_pow=torch.zeros(n_rows, len(finite), device=device), support=torch.zeros(n_rows, device=device),
+            best_vals=torch.full((n_rows, 0), -math.inf, device=device),
+            best_ids=torch.zeros((n_rows, 0), dtype=torch.long, device=device),
+        )
+        if reference is not None:
+            state.groups = reference.shape[0]
+            if state.groups == 0 or n_rows % state.groups:
+                raise ValueError(f"{n_rows} rows do not split into {state.groups} reference groups")
+            state.cross = torch.zeros(n_rows, device=device)
+        if target_ids is not None:
+            state.target_ids = target_ids.to(device)
+            state.target_logits = target_logits.to(device).float()
+            state.higher = torch.zeros(n_rows, dtype=torch.long, device=device)
+        return state
+
+    def add_topk(self, z: torch.Tensor, start: int, k: int) -> torch.Tensor:
+        """Merge the chunk's top-k into the running top-k; returns the chunk's row maxima."""
+        vals, idx = exact_topk(z, min(k, z.shape[1]))
+        both = torch.cat([self.best_vals, vals], -1)
+        self.best_vals, order = both.topk(min(k, both.shape[1]), dim=-1)
+        self.best_ids = torch.cat([self.best_ids, idx + start], -1).gather(-1, order)
+        return vals[:, 0]  # topk is sorted: no separate pass for the maximum
+
+    def add_cross(self, z: torch.Tensor, reference: torch.Tensor, start: int, stop: int) -> None:
+        q = reference[:, start:stop].to(device=self.device, dtype=z.dtype).unsqueeze(-1)
+        per_group = self.n_rows // self.groups
+        self.cross += torch.bmm(z.reshape(self.groups, per_group, stop - start), q).reshape(self.n_rows)
+
+    def add_above(self, z: torch.Tensor, start: int, buffer: torch.Tensor) -> None:
+        """Count tokens scoring above the target, never the target itself.
+
+        Its logit from this product may differ by rounding from the one the caller gathered.
+        sign(max(z - t, 0)) is 1 exactly where z > t; a float sum of it is exact below 2**24
+        and, on CPU, about twice as fast as comparing and counting bools. NaN arises only
+        from -inf - -inf (a masked token is not above a masked target).
+        """
+        width = z.shape[1]
+        above = torch.sub(z, self.target_logits.unsqueeze(-1), out=buffer).clamp_(min=0).sign_()
+        local = self.target_ids - start
+        in_chunk = (local >= 0) & (local < width)
+        self_above = above.gather(-1, local.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+        self_above = torch.where(in_chunk, self_above.nan_to_num(0.0), torch.zeros_like(self_above))
+        self.higher = self.higher + (above.nansum(-1) - self_above).long()
+
+    def add_exponentials(self, z: torch.Tensor, chunk_max: torch.Tensor, buffer: torch.Tensor) -> None:
+        """The online-softmax step: rescale the sums to the new maximum, add the chunk's (overwrites ``z``)."""
+        new_max = torch.maximum(self.running_max, chunk_max)
         # Rows whose max is still -inf (all masked so far) must not produce NaNs.
         safe_new_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        scale = torch.exp(running_max - safe_new_max)
-        shift = running_max - safe_new_max
-        sum_exp_shift = torch.where(
-            sum_exp > 0, scale * (sum_exp_shift + sum_exp * shift), sum_exp_shift
+        scale = torch.exp(self.running_max - safe_new_max)
+        shift = self.running_max - safe_new_max
+        self.sum_exp_shift = torch.where(
+            self.sum_exp > 0, scale * (self.sum_exp_shift + self.sum_exp * shift), self.sum_exp_shift
         )
-        sum_exp = sum_exp * scale
-        for j, a in enumerate(finite_alphas):  # scalars, not a tensor: no host-to-device copy per call
-            sum_pow[:, j] *= torch.exp(a * shift)
-        running_max = new_max
-
+        self.sum_exp = self.sum_exp * scale
+        for j, a in enumerate(self.finite_alphas):  # scalars, not a tensor: no host-to-device copy per call
+            self.sum_pow[:, j] *= torch.exp(a * shift)
+        self.running_max = new_max
         centred = z.sub_(safe_new_max.unsqueeze(-1))
-        for j, a in enumerate(finite_alphas):
-            sum_pow[:, j] += torch.mul(centred, a, out=buffer).exp_().sum(-1)
+        for j, a in enumerate(self.finite_alphas):
+            self.sum_pow[:, j] += torch.mul(centred, a, out=buffer).exp_().sum(-1)
         e = torch.exp(centred, out=buffer)
-        sum_exp = sum_exp + e.sum(-1)
+        self.sum_exp = self.sum_exp + e.sum(-1)
         # exp(-inf) * -inf is NaN for masked entries; their true contribution is 0.
-        sum_exp_shift = sum_exp_shift + e.mul_(centred).nansum(-1)
-        del z, centred, e, buffer
+        self.sum_exp_shift = self.sum_exp_shift + e.mul_(centred).nansum(-1)
 
-    log_sum = torch.log(sum_exp)
-    shannon = log_sum - sum_exp_shift / sum_exp
-    log_z = running_max + log_sum
-    topk_probs = torch.exp(best_vals - log_z.unsqueeze(-1))
-
-    renyi_columns = []
-    for a in alphas:
-        if a == 1.0:
-            renyi_columns.append(shannon)
-        elif a == 0.0:
-            renyi_columns.append(torch.log(support))
-        elif math.isinf(a):
-            renyi_columns.append(log_sum)  # -log max p = log Z - max
+    def finish(self, alphas: tuple, reference_entropy: torch.Tensor | None) -> LensStatistics:
+        log_sum = torch.log(self.sum_exp)
+        shannon = log_sum - self.sum_exp_shift / self.sum_exp
+        log_z = self.running_max + log_sum
+        if self.target_ids is not None:
+            valid = self.target_ids >= 0
+            target_prob = torch.where(valid, torch.exp(self.target_logits - log_z), torch.full_like(log_z, math.nan))
+            rank = torch.where(valid, self.higher, torch.full_like(self.higher, -1))
         else:
-            j = finite_alphas.index(a)
-            renyi_columns.append((torch.log(sum_pow[:, j]) - a * log_sum) / (1.0 - a))
-    renyi = torch.stack(renyi_columns, -1) if renyi_columns else torch.zeros(n_rows, 0, device=device)
+            target_prob = torch.full_like(log_z, math.nan)
+            rank = torch.full((self.n_rows,), -1, dtype=torch.long, device=self.device)
+        if self.cross is not None:
+            # Mathematically >= 0; float32 rounding may leave a few 1e-7 below.
+            h_ref = reference_entropy.to(self.device).float().repeat_interleave(self.n_rows // self.groups)
+            kl = (log_z - self.cross - h_ref).clamp_(min=0)
+        else:
+            kl = torch.full_like(log_z, math.nan)
+        return LensStatistics(
+            kl=kl,
+            entropy=shannon,
+            topk_ids=self.best_ids,
+            topk_probs=torch.exp(self.best_vals - log_z.unsqueeze(-1)),
+            target_prob=target_prob,
+            target_rank=rank,
+            renyi=self.renyi(alphas, shannon, log_sum),
+        )
 
-    if has_target:
-        target_prob = torch.where(valid, torch.exp(target_logits - log_z), torch.full_like(log_z, math.nan))
-        rank = torch.where(valid, higher, torch.full_like(higher, -1))
-    else:
-        target_prob = torch.full_like(log_z, math.nan)
-        rank = torch.full((n_rows,), -1, dtype=torch.long, device=device)
-
-    if has_reference:
-        # Mathematically >= 0; float32 rounding may leave a few 1e-7 below.
-        h_ref = reference_entropy.to(device).float().repeat_interleave(per_group)
-        kl = (log_z - cross - h_ref).clamp_(min=0)
-    else:
-        kl = torch.full_like(log_z, math.nan)
-
-    return LensStatistics(
-        kl=kl,
-        entropy=shannon,
-        topk_ids=best_ids,
-        topk_probs=topk_probs,
-        target_prob=target_prob,
-        target_rank=rank,
-        renyi=renyi,
-    )
+    def renyi(self, alphas: tuple, shannon: torch.Tensor, log_sum: torch.Tensor) -> torch.Tensor:
+        columns = []
+        for a in alphas:
+            if a == 1.0:
+                columns.append(shannon)
+            elif a == 0.0:
+                columns.append(torch.log(self.support))
+            elif math.isinf(a):
+                columns.append(log_sum)  # -log max p = log Z - max
+            else:
+                j = self.finite_alphas.index(a)
+                columns.append((torch.log(self.sum_pow[:, j]) - a * log_sum) / (1.0 - a))
+        return torch.stack(columns, -1) if columns else torch.zeros(self.n_rows, 0, device=self.device)

@@ -37,6 +37,7 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..lens.capture import ResidualCapture
+from ..lens.products import auto_product, named_product
 from ..errors import EntropyLensError, UnsupportedGenerationError
 from ..lens.logit import LogitLens
 from .generation import eos_ids, generation_settings, max_new_tokens, refuse_unsupported_modes, setting
@@ -144,7 +145,9 @@ class EntropyLens:
         self.record_prompt = record_prompt
         self.prompt_rows = parse_prompt_rows(record_prompt)
         weight = getattr(self.lens.unembedding, "weight", None)
-        self.lens_dtype = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
+        own = parse_lens_dtype(lens_dtype) or (weight.dtype if weight is not None else torch.float32)
+        self.lens_product = auto_product(self.lens.device, own) if lens_dtype == "auto" else named_product(own)
+        self.lens_dtype = self.lens_product.dtype
         self.max_logits = int(max_logits)
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.sublayers = bool(sublayers)  # a probe forward pass finds the mid points: after cheap checks
@@ -350,6 +353,7 @@ class TraceRecorder(LogitsProcessor):
             raise ValueError(f"got {len(texts)} prompt texts for a batch of {batch} prompts")
         settings = generation_settings(model, kwargs, batch)
         settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
+        settings["lens_product"] = self.lens.lens_product.name
         settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
         run = self.writer.begin_run(settings) if self.writer is not None else 0
         return CallState(
@@ -562,7 +566,7 @@ class TraceRecorder(LogitsProcessor):
             alphas=lens.renyi_alphas,
             max_logits=lens.max_logits,
             workspace=self._workspace,
-            dtype=lens.lens_dtype,
+            dtype=lens.lens_product,
             kl=lens._record_kl,
         )
         out = _by_row(stats, n, width + (head is not None))
