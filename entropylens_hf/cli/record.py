@@ -290,7 +290,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--prompt-rows", default=None, metavar="all|none|last:N",
                      help="prompt positions to record: all (default), none, or the last N (cheap long prompts)")
     rec.add_argument("--lens-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                     help="dtype of the lens product: auto (the model's dtype, default), float32, bfloat16, float16")
+                     help="lens product: auto (default: the fastest product within 0.005 nats of float32 on this hardware, see docs/performance.md), float32, bfloat16, float16")
     rec.add_argument("--sublayers", action="store_true",
                      help="also read each layer's residual after attention, before the MLP (rows 1.attn, 1.mlp, ...)")
     rec.add_argument("--lens", default="logit", metavar="logit|tuned|FILE",
