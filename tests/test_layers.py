@@ -87,6 +87,26 @@ def test_a_lower_layer_importing_a_higher_one_is_refused_and_the_other_way_is_no
         "layer: entropylens_hf.trace.reader (line 1) imports entropylens_hf.lens.logit, a higher layer (lens above trace)"]
 
 
+def test_only_a_display_hook_may_import_the_display_layer_from_below(tmp_path):
+    root = _package(tmp_path, {
+        "trace/reader.py": (
+            "class Trace:\n"
+            "    def _repr_html_(self):\n        from ..display.view import view\n        return view(self)\n"
+            "    def show(self):\n        from ..display.view import view\n        return view(self)\n"
+            "    def _repr_html_lens(self):\n        from ..lens.logit import LogitLens\n"
+        ),
+        "display/view.py": "from ..trace.reader import Trace\ndef view(x): ...\n",
+        "lens/logit.py": "class LogitLens: ...\n",
+    })
+    problems = check_layers.check_package(root)
+    assert sorted(p for p in problems if p.startswith("layer:")) == [
+        "layer: entropylens_hf.trace.reader (line 6) imports entropylens_hf.display.view, a higher layer (display above trace)",
+        "layer: entropylens_hf.trace.reader (line 9) imports entropylens_hf.lens.logit, a higher layer (lens above trace)",
+    ]
+    assert [p for p in problems if p.startswith("cycle:")] == [
+        "cycle: entropylens_hf.display.view <-> entropylens_hf.trace.reader"]  # through show(), not the hook
+
+
 def test_the_alias_modules_of_old_paths_are_not_counted(tmp_path):
     root = _package(tmp_path, {
         "recorder.py": "import sys\nfrom .recording import recorder as _moved\nsys.modules[__name__] = _moved\n",

@@ -14,6 +14,11 @@ dependency. Three kinds of violation, one line each:
 Imports under ``if TYPE_CHECKING:`` (annotations only, never executed) are exempt from the cycle
 rule, as PEP 484 intends them; the layer and private rules still apply to them.
 
+One named exception to the layer rule: Jupyter finds a rich view as a method of the object
+(``_repr_html_``), so a trace object's display hook may import the ``display`` layer inside
+that method, and only there. It runs only when a notebook asks for HTML; the cycle it would
+make is not counted either.
+
 The viewer (``viewer/entropylens_viewer``) may use only the trace API and never torch.
 
 Usage: ``python tools/check_layers.py [PACKAGE_DIR] [--viewer VIEWER_DIR]``; exit code 0 when
@@ -35,6 +40,8 @@ BASE = {"errors", "_version"}  # the same layer: anything may import them
 VIEWER_MAY_IMPORT = ("entropylens_hf.trace", "entropylens_hf.errors", "entropylens_hf._version")
 VIEWER_MAY_IMPORT_NAMES = {"Trace", "TraceError", "TraceMetadata", "SequenceRecord", "__version__"}
 VIEWER_FORBIDDEN = ("torch", "transformers")
+DISPLAY_HOOKS = {"_repr_html_", "_repr_mimebundle_"}  # Jupyter's rich-display methods
+DISPLAY_LAYER = "display"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Import:
     name: str | None
     line: int
     typing_only: bool = False  # under ``if TYPE_CHECKING:``: not a cycle (never runs), still a layer rule
+    display_hook: bool = False  # inside a ``_repr_html_`` method (see the module docstring)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -80,10 +88,12 @@ def imports_of(tree: ast.Module, source: str, is_package: bool, modules: set[str
     typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
                    and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
                    for inner in ast.walk(node)}
+    hooks = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name in DISPLAY_HOOKS
+             for inner in ast.walk(node)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                found.append(Import(source, alias.name, None, node.lineno, id(node) in typing_only))
+                found.append(Import(source, alias.name, None, node.lineno, id(node) in typing_only, id(node) in hooks))
                 if alias.asname:
                     bound[alias.asname] = alias.name
         elif isinstance(node, ast.ImportFrom):
@@ -91,10 +101,11 @@ def imports_of(tree: ast.Module, source: str, is_package: bool, modules: set[str
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 if sub in modules:
-                    found.append(Import(source, sub, None, node.lineno, id(node) in typing_only))
+                    found.append(Import(source, sub, None, node.lineno, id(node) in typing_only, id(node) in hooks))
                     bound[alias.asname or alias.name] = sub
                 else:
-                    found.append(Import(source, target, alias.name, node.lineno, id(node) in typing_only))
+                    found.append(Import(source, target, alias.name, node.lineno, id(node) in typing_only,
+                                        id(node) in hooks))
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
                 and _private(node.attr)):
@@ -181,12 +192,13 @@ def check_package(root: Path) -> list[str]:
             if imp.target not in modules:
                 continue
             where = f"{source} (line {imp.line})"
-            if imp.target != source and not imp.typing_only:
+            hook = imp.display_hook and imp.target.split(".")[1:2] == [DISPLAY_LAYER]
+            if imp.target != source and not imp.typing_only and not hook:
                 edges[source].add(imp.target)
             if imp.name and _private(imp.name) and imp.target != source:
                 problems.append(f"private: {where} imports {imp.target}.{imp.name}; name the interface or move the code")
             low, high = layer_of(source, package), layer_of(imp.target, package)
-            if low is not None and high is not None and high > low:
+            if low is not None and high is not None and high > low and not hook:
                 problems.append(f"layer: {where} imports {imp.target}, a higher layer "
                                 f"({LAYERS[high]} above {LAYERS[low] if low >= 0 else 'errors'})")
     # A package's __init__ re-exports its children; children importing their own package's

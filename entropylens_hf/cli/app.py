@@ -1,6 +1,6 @@
 """The ``entropylens`` command line: a small ``main`` over one module per command group.
 
-Each command module (``record``, ``train``, ``fetch``, ``traces``, ``chat``, ``demo``; the analyses in
+Each command module (``record``, ``train``, ``fetch``, ``traces``, ``html``, ``chat``, ``demo``; the analyses in
 :mod:`entropylens_hf.analysis.commands`) has a ``register(subparsers)`` that adds its parsers
 and their handlers; adding a command is one entry in :data:`COMMAND_GROUPS`. Every user error
 is an :class:`EntropyLensError`, printed as one line with exit code 2. Heavy imports (torch,
@@ -18,12 +18,12 @@ from typing import Sequence
 
 from .._version import __version__
 from ..errors import EntropyLensError
-from . import chat, demo, fetch, record, traces, train
+from . import chat, demo, fetch, html, record, traces, train
 
 __all__ = ["main", "build_parser", "COMMAND_GROUPS"]
 
 #: The command modules, in the order ``--help`` lists them.
-COMMAND_GROUPS = (record, train, fetch, traces, chat, demo)
+COMMAND_GROUPS = (record, train, fetch, traces, html, chat, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,8 @@ class Trace:
         path = Path(path)
         if path.is_dir():
             return cls.open_folder(path, partial=partial)
+        if not path.exists():
+            raise TraceError(f"{path}: no such trace file")
         try:
             f = open_h5(path, "r")
         except UncleanFile as exc:  # only for non-SWMR writers; say what happened
@@ -250,6 +252,7 @@ class Trace:
             run=int(self._index["run"][at]),
             index=i,
             complete=complete,
+            source=self,
         )
 
     @property
@@ -349,6 +352,17 @@ class Trace:
 
     def file_size(self) -> int:
         return self.path.stat().st_size
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"<Trace {self.path}: {len(self)} sequences, {m.model_name}, {m.lens_kind} lens, "
+                f"{m.num_layers} lens rows>")
+
+    def _repr_html_(self) -> str:
+        """The trace's view in Jupyter: overview, sequence picker, heatmap (see :mod:`entropylens_hf.display`)."""
+        from ..display import view  # a display hook: imported only when a notebook asks for HTML
+
+        return view(self)._repr_html_()
 
     def to_dataframe(self, layout: str = "wide", sequences: Sequence[int] | None = None):
         """A pandas DataFrame of the trace (needs ``pip install entropylens-hf[export]``).

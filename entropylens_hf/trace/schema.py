@@ -177,6 +177,17 @@ class SequenceRecord:
     index: int = -1
     kl_final: np.ndarray | None = None
     complete: bool = True
+    #: The :class:`Trace` it was read from (layer names, token texts for its view); not pickled.
+    source: Any = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "source": None}  # an open HDF5 file cannot travel to another process
+
+    def _repr_html_(self) -> str:
+        """The sequence's view in Jupyter: heatmap, hover, profile (see :mod:`entropylens_hf.display`)."""
+        from ..display import view  # a display hook: imported only when a notebook asks for HTML
+
+        return view(self)._repr_html_()
 
     @property
     def n_rows(self) -> int:

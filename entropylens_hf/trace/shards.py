@@ -257,6 +257,17 @@ class ShardedTrace:
     def file_size(self) -> int:
         return sum(shard.file_size() for shard in self._shards)
 
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"<ShardedTrace {self.path}: {len(self)} sequences in {len(self._shards)} shards, {m.model_name}, "
+                f"{m.lens_kind} lens, {m.num_layers} lens rows>")
+
+    def _repr_html_(self) -> str:
+        """The run's view in Jupyter, as for one file (see :mod:`entropylens_hf.display`)."""
+        from ..display import view  # a display hook: imported only when a notebook asks for HTML
+
+        return view(self)._repr_html_()
+
 
 
 
