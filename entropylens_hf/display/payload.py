@@ -74,8 +74,12 @@ def sequence_payload(
     n_rows, n_layers = record.entropy.shape
     k = max(0, min(int(top_k), record.topk_ids.shape[-1] if record.topk_ids.ndim == 3 else 0))
     own = {int(t): s for t, s in zip(record.token_ids.tolist(), record.token_texts)}
-    lookup = token_text or (lambda token_id: None)
-    texts, topk_local, target_local = _token_table(record, k, lambda t: lookup(t) if lookup(t) is not None else own.get(t))
+
+    def text_of(token_id: int) -> str | None:
+        text = token_text(token_id) if token_text is not None else None
+        return text if text is not None else own.get(token_id)
+
+    texts, topk_local, target_local = _token_table(record, k, text_of)
     names, kinds = layer_labels(metadata, n_layers)
     kl = record.kl_final
     has_kl = kl is not None and bool(np.isfinite(kl).any())

@@ -12,6 +12,7 @@ sequences displays at once and the output stays a few MB.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from .render import fragment, page
 __all__ = ["TraceView", "view", "DEFAULT_SEQUENCES", "CELL_BUDGET"]
 
 DEFAULT_SEQUENCES = 8
-CELL_BUDGET = 200_000
-"""Lens cells (rows x layers) embedded by default: about 7 MB of page with top-5 predictions."""
+CELL_BUDGET = 100_000
+"""Lens cells (rows x layers) embedded by default: at most about 6 MB of page with top-5 predictions."""
 
 
 @dataclass(frozen=True)
@@ -118,13 +119,9 @@ def _record_view(record: SequenceRecord, top_k: int) -> TraceView:
     summary = {
         "name": name, "model": metadata.model_name if metadata else "", "lens": metadata.lens_kind if metadata else "logit",
         "lensName": str(metadata.lens.get("name", "")) if metadata else "", "sublayers": bool(metadata and metadata.sublayers),
-        "vocabSize": int(vocab), "maxEntropy": None, "sequences": 1, "tokens": len(record.token_ids),
+        "vocabSize": int(vocab), "maxEntropy": math.log(max(vocab, 2)) if vocab else None, "sequences": 1, "tokens": len(record.token_ids),
         "layers": int(layers), "layerNames": payload["layerNames"], "layerKinds": payload["layerKinds"],
         "profileRows": 0, "profileStarts": [], "profiles": "", "shown": [payload["index"]],
     }
-    if vocab:
-        import math
-
-        summary["maxEntropy"] = math.log(max(vocab, 2))
     data = {"summary": summary, "sequences": [payload]}
     return TraceView(data, _summary_line(name, data), f"{name} sequence {record.index} - entropylens")

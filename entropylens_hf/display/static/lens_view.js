@@ -21,6 +21,7 @@
     return lut;
   })();
   var RISE = "#d62728", FALL = "#1f77b4", SVGNS = "http://www.w3.org/2000/svg";
+  var KIND_COLOURS = { attn: "#f28e2b", mlp: "#59a14f" };
 
   function bytes(text) {
     var bin = atob(text), out = new Uint8Array(bin.length);
@@ -214,9 +215,16 @@
     ctx = c.getContext("2d");
     ctx.font = Math.min(11, this.ch * step - 1) + "px sans-serif";
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
-    for (var l = 0; l < q.layers; l += step) {
+    var sublayers = q.layerKinds.indexOf("attn") >= 0;
+    for (var l = 0; l < q.layers; l++) {
+      var y = 6 + (q.layers - 1 - l) * this.ch;
+      if (sublayers && KIND_COLOURS[q.layerKinds[l]]) {  /* as in the desktop viewer: attention orange, MLP green */
+        ctx.fillStyle = KIND_COLOURS[q.layerKinds[l]];
+        ctx.fillRect(104, y, 5, this.ch - (q.layerKinds[l] === "mlp" ? 1 : 0));
+      }
+      if (l % step) continue;
       ctx.fillStyle = q.layerKinds[l] === "attn" ? "#888" : "#222";
-      ctx.fillText(q.layerNames[l], 106, 6 + (q.layers - 1 - l + 0.5) * this.ch);
+      ctx.fillText(q.layerNames[l], sublayers ? 100 : 106, y + 0.5 * this.ch);
     }
   };
 
