@@ -159,3 +159,16 @@ def test_html_writes_one_page_and_refuses_bad_input_with_one_line(recorded, tmp_
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert out.stat().st_mtime_ns == before  # the page already written is left alone
+
+
+def test_a_run_folder_of_shards_displays_as_one_trace(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    _synthetic_trace(folder / "rank0.h5", 3, rows=5, layers=4, top_k=2)
+    _synthetic_trace(folder / "rank1.h5", 2, rows=5, layers=4, top_k=2)
+    with Trace.open(folder) as run:
+        data = _page_data(run._repr_html_())
+        assert data["summary"]["sequences"] == 5 and data["summary"]["name"] == "run"
+        assert [s["index"] for s in data["sequences"]] == [0, 1, 2, 3, 4]
+        assert repr(run).startswith(f"<ShardedTrace {folder}: 5 sequences in 2 shards")
+        assert _page_data(run[4]._repr_html_())["sequences"][0]["layerNames"] == list(run.metadata.layer_names)

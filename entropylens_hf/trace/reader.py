@@ -73,7 +73,7 @@ class Trace:
         path = Path(path)
         if path.is_dir():
             return cls.open_folder(path, partial=partial)
-        if not path.exists():
+        if not os.path.lexists(path):  # a link loop or a dangling link is named by open_h5
             raise TraceError(f"{path}: no such trace file")
         try:
             f = open_h5(path, "r")
