@@ -300,11 +300,17 @@ def test_a_second_trace_file_decodes_no_vocabulary_and_stores_the_same_one(tmp_p
         return original(self, sequences, **kwargs)
 
     monkeypatch.setattr(type(tokenizer), "batch_decode", counting)
+    from entropylens_hf.trace.storage import EncodedStrings
+
+    encodes = []
+    original_of = EncodedStrings.of.__func__
+    monkeypatch.setattr(EncodedStrings, "of", classmethod(lambda cls, texts: encodes.append(len(texts)) or original_of(cls, texts)))
     inputs = tokenizer(["import os"], return_tensors="pt")
     for name in ("a.h5", "b.h5"):  # a fresh lens each time, as a notebook cell makes one
         EntropyLens(model, tokenizer).generate(**inputs, **FIXED, trace=tmp_path / name)
     vocabulary_decodes = [n for n in calls if n >= len(tokenizer)]
     assert vocabulary_decodes == [len(tokenizer)]  # decoded for the first file only
+    assert [n for n in encodes if n >= len(tokenizer)] == [len(tokenizer)]  # and encoded for it only
     with Trace.open(tmp_path / "a.h5") as a, Trace.open(tmp_path / "b.h5") as b:
         assert a.vocabulary == b.vocabulary
         assert [a.token_text(i) for i in (0, 5, len(tokenizer) - 1)] == [

@@ -210,7 +210,8 @@ class EntropyLens:
             raise ValueError(f"live_interval must be >= 0 seconds, got {live_interval}")
         writer = None
         if path is not None:
-            vocabulary = None if Path(path).exists() else self.vocabulary()
+            fresh = not Path(path).exists() and self.tokenizer is not None  # an existing file has its vocabulary
+            vocabulary = decoded_vocabulary(self.tokenizer, self.lens.vocab_size).encoded if fresh else None
             writer = TraceWriter(path, self.metadata(), vocabulary=vocabulary)
         recorder = TraceRecorder(self, writer, dict(labels or {}), live_interval=live_interval if live else None)
         model = self.model

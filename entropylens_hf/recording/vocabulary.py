@@ -15,17 +15,24 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from ..trace.storage import EncodedStrings
+
 __all__ = ["Vocabulary", "decoded_vocabulary", "token_texts"]
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Texts of ids ``0 .. size - 1`` and the UTF-8 length of the longest (the room a live token reserves)."""
+    """Texts of ids ``0 .. size - 1``, encoded as a trace stores them (a new file writes them as they are)."""
 
     tokenizer_length: int
     size: int
     texts: tuple[str, ...]
-    longest_bytes: int
+    encoded: EncodedStrings
+
+    @property
+    def longest_bytes(self) -> int:
+        """UTF-8 length of the longest text: the room a live token reserves."""
+        return self.encoded.longest
 
 
 _CACHE: "weakref.WeakKeyDictionary[Any, Vocabulary]" = weakref.WeakKeyDictionary()
@@ -50,7 +57,7 @@ def decoded_vocabulary(tokenizer: Any, size: int) -> Vocabulary:
         return cached
     n = min(known, size)
     texts = token_texts(tokenizer, list(range(n))) + ("",) * (size - n)
-    entry = Vocabulary(known, size, texts, max((len(t.encode("utf-8")) for t in texts), default=0))
+    entry = Vocabulary(known, size, texts, EncodedStrings.of(texts))
     try:
         _CACHE[tokenizer] = entry
     except TypeError:

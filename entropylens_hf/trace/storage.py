@@ -9,6 +9,7 @@ import functools
 import os
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -236,11 +237,36 @@ def write_budget(datasets: Sequence[h5py.Dataset], new_bytes: int) -> int:
     return 2 * new_bytes + chunks + (256 << 10)
 
 
-def append_strings(group: h5py.Group, name: str, texts: Sequence[str]) -> None:
-    encoded = [t.encode("utf-8") for t in texts]
+@dataclass(frozen=True)
+class EncodedStrings:
+    """Texts as a string column stores them, UTF-8 bytes and end offsets: encode once, write often.
+
+    A trace stores its vocabulary (262k texts for Gemma 3) in every new file; encoding it costs
+    more than writing it, so the recorder keeps one per tokenizer.
+    """
+
+    data: np.ndarray  # uint8, every text's bytes concatenated
+    ends: np.ndarray  # int64, the end offset of each text
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> "EncodedStrings":
+        encoded = [t.encode("utf-8") for t in texts]
+        ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), ends)
+
+    def __len__(self) -> int:
+        return int(self.ends.shape[0])
+
+    @property
+    def longest(self) -> int:
+        """Bytes of the longest text (0 when empty)."""
+        return int(np.diff(self.ends, prepend=0).max()) if len(self) else 0
+
+
+def append_strings(group: h5py.Group, name: str, texts: Sequence[str] | EncodedStrings) -> None:
+    strings = texts if isinstance(texts, EncodedStrings) else EncodedStrings.of(texts)
     ends_ds = group[f"{name}_end"]
     base = int(ends_ds[-1]) if ends_ds.shape[0] else 0
-    ends = base + np.cumsum([len(e) for e in encoded], dtype=np.int64)
-    extend_column(group[f"{name}_bytes"], np.frombuffer(b"".join(encoded), dtype=np.uint8))
-    extend_column(ends_ds, ends)
+    extend_column(group[f"{name}_bytes"], strings.data)
+    extend_column(ends_ds, base + strings.ends)
 

@@ -32,6 +32,7 @@ from .schema import (
 from .locking import WriterLock
 from .rows import append_index, row_data, sequence_meta
 from .storage import (
+    EncodedStrings,
     SpaceReservation,
     extend_column,
     append_strings,
@@ -60,7 +61,8 @@ class TraceWriter:
     #: need, so the package wires :func:`.recovery.rewrite_locked` in (``trace/__init__.py``).
     rewrite_locked: ClassVar[Callable[[Path], int]]
 
-    def __init__(self, path: str | os.PathLike, metadata: TraceMetadata, vocabulary: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, metadata: TraceMetadata,
+                 vocabulary: Sequence[str] | EncodedStrings | None = None):
         self.path = Path(path)
         self.metadata = metadata
         self._vocabulary = vocabulary
@@ -292,10 +294,10 @@ class TraceWriter:
             _create_version_2_columns(f, L)
             create_string_column(seqs, "meta")
             create_string_column(f.create_group("runs"), "meta")
-            if self._vocabulary:
+            if self._vocabulary is not None and len(self._vocabulary):
                 vocab = f.create_group("vocabulary")
                 create_string_column(vocab, "text")
-                append_strings(vocab, "text", list(self._vocabulary))
+                append_strings(vocab, "text", self._vocabulary)
             f.flush()
             f.close()
             os.replace(tmp, self.path)
