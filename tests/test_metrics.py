@@ -125,3 +125,102 @@ def test_streaming_statistics_on_a_realistic_vocabulary(chunk):
     assert torch.equal(stats.target_rank[valid], target_rank(z[valid], targets[valid]))
     assert stats.target_rank[3] == 100  # every unmasked token is above a masked target
     torch.testing.assert_close(stats.renyi[:, 0], renyi_entropy(z, 2.0), rtol=1e-5, atol=1e-5)
+
+
+def _float64_statistics(z: torch.Tensor, targets: torch.Tensor, q: torch.Tensor, alphas) -> dict:
+    """Every statistic straight from the definitions, in float64 over the whole vocabulary."""
+    z = z.double()
+    p = torch.softmax(z, -1)
+    log_p = torch.log_softmax(z, -1)
+    plogp = torch.where(p > 0, p * log_p, torch.zeros_like(p))
+    renyi = []
+    for a in alphas:
+        if a == 0:
+            renyi.append(torch.isfinite(z).sum(-1).double().log())
+        elif a == 1:
+            renyi.append(-plogp.sum(-1))
+        elif math.isinf(a):
+            renyi.append(-log_p.max(-1).values)
+        else:
+            renyi.append(torch.log((p**a).sum(-1)) / (1 - a))
+    safe = targets.clamp(min=0)[:, None]
+    higher = (z > z.gather(-1, safe)).sum(-1)
+    groups = q.shape[0]
+    qq = q.double().repeat_interleave(z.shape[0] // groups, 0)
+    kl = torch.where(qq > 0, qq * (qq.log() - log_p), torch.zeros_like(qq)).nansum(-1)
+    return dict(entropy=-plogp.sum(-1), renyi=torch.stack(renyi, -1), p=p, higher=higher,
+                target_prob=p.gather(-1, safe)[:, 0], kl=kl)
+
+
+def _hard_logits(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    z = torch.randn(8, vocab) * 4
+    z[1, vocab // 3 :] = -math.inf  # masked tail, across chunk boundaries
+    z[2, :] = -math.inf  # all masked except one token
+    z[2, vocab - 2] = 0.5
+    z[3, ::2] = -math.inf  # every other token masked
+    z[4, :] = torch.randint(0, 4, (vocab,)).float()  # heavy ties
+    z[5, 17] = z[5, vocab - 1] = z[5].max() + 1  # a tie at the top, in different chunks
+    z[6, :] = 0.0  # uniform
+    targets = torch.tensor([5, vocab - 1, vocab - 2, 0, 3, 17, -1, vocab // 2])  # row 3's target is masked
+    return z, targets
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("vocab,chunk", [(1000, 1000), (1000, 333), (5003, 1024), (20011, 8192)])
+def test_streaming_statistics_equal_float64_definitions(fused, vocab, chunk):
+    z, targets = _hard_logits(vocab)
+    q = torch.softmax(torch.randn(2, vocab), -1)
+    q_entropy = -(q.double() * q.double().log()).sum(-1).float()
+    alphas = [0, 0.5, 1, 2, 3, math.inf]
+    target_logits = z.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+    stats = streaming_lens_statistics(
+        lambda a, b: z[:, a:b].clone(), vocab, top_k=10, target_ids=targets, target_logits=target_logits,
+        alphas=alphas, chunk_size=chunk, reference=q, reference_entropy=q_entropy, fused=fused,
+    )
+    want = _float64_statistics(z, targets, q, alphas)
+    close = dict(rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(stats.entropy.double(), want["entropy"], **close)
+    torch.testing.assert_close(stats.renyi.double(), want["renyi"], **close)
+    torch.testing.assert_close(stats.kl.double(), want["kl"], rtol=1e-4, atol=1e-4)
+    valid = targets >= 0
+    torch.testing.assert_close(stats.target_prob[valid].double(), want["target_prob"][valid], rtol=1e-5, atol=1e-9)
+    assert torch.equal(stats.target_rank[valid], want["higher"][valid])
+    assert stats.target_rank[~valid].eq(-1).all() and stats.target_prob[~valid].isnan().all()
+    top = want["p"].topk(10, -1).values
+    torch.testing.assert_close(stats.topk_probs.double(), top, rtol=1e-5, atol=1e-9)
+    # Each id points at its probability (ties may pick other ids, never other values), each id once.
+    torch.testing.assert_close(want["p"].gather(-1, stats.topk_ids), top, rtol=1e-5, atol=1e-9)
+    assert all(len(set(row)) == 10 for row in stats.topk_ids.tolist())
+    untied = [0, 1, 3, 7]
+    assert torch.equal(stats.topk_ids[untied], want["p"][untied].topk(10, -1).indices)
+    assert stats.topk_ids[2, 0] == vocab - 2 and stats.entropy[2] == 0
+
+
+@pytest.mark.parametrize("alphas", [(), (2.0,), (0.0, math.inf)])
+def test_fused_statistics_equal_the_former_recurrence(alphas):
+    torch.manual_seed(4)
+    vocab, chunk = 30000, 4096
+    z = torch.randn(12, vocab) * 5
+    z[0, 1000:] = -math.inf
+    targets = torch.randint(-1, vocab, (12,))
+    target_logits = z.gather(-1, targets.clamp(min=0)[:, None])[:, 0]
+    q = torch.softmax(torch.randn(3, vocab), -1)
+    h = -(q * q.log()).sum(-1)
+    both = [
+        streaming_lens_statistics(lambda a, b: z[:, a:b].clone(), vocab, top_k=7, target_ids=targets,
+                                  target_logits=target_logits, alphas=alphas, chunk_size=chunk, reference=q,
+                                  reference_entropy=h, fused=fused)
+        for fused in (False, True)
+    ]
+    for name in ("entropy", "topk_probs", "target_prob", "renyi", "kl"):
+        torch.testing.assert_close(getattr(both[1], name), getattr(both[0], name), rtol=1e-5, atol=1e-5, equal_nan=True)
+    for name in ("topk_ids", "target_rank"):
+        assert torch.equal(getattr(both[1], name), getattr(both[0], name))
+
+
+def test_fused_statistics_without_targets_reference_or_scratch():
+    z = torch.randn(3, 777)
+    stats = streaming_lens_statistics(lambda a, b: z[:, a:b].clone(), 777, top_k=3, chunk_size=100)
+    torch.testing.assert_close(stats.entropy, entropy(z), rtol=1e-5, atol=1e-5)
+    assert stats.target_rank.eq(-1).all() and stats.kl.isnan().all() and stats.renyi.shape == (3, 0)

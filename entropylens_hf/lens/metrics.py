@@ -12,7 +12,7 @@ Two flavours of the same maths:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -126,6 +126,7 @@ def streaming_lens_statistics(
     scratch: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     reference_entropy: torch.Tensor | None = None,
+    fused: bool = True,
 ) -> LensStatistics:
     """Entropy, Rényi entropies, top-k and target prob/rank of ``R`` rows of logits, chunk by chunk.
 
@@ -140,9 +141,20 @@ def streaming_lens_statistics(
     entropy, nats) adds ``kl``, KL(reference || row), for rows in ``G`` consecutive groups of
     ``R / G``, group ``g`` against ``reference[g]``: ``KL = -H(q) - sum_v q_v z_v + log Z``, so
     only ``sum_v q_v z_v`` is gathered per chunk (one batched product over the raw logits).
+
+    ``fused=False`` runs the former kernel-per-statistic recurrence (:class:`_Running`), kept as
+    the baseline of ``benchmarks/statistics_pass.py`` and of the equality tests.
     """
     first = chunk_logits(0, min(chunk_size, vocab_size))
     alphas = tuple(float(a) for a in alphas)
+    if fused:
+        state = _ChunkSums.start(first, vocab_size, chunk_size, alphas, reference, target_ids, target_logits)
+        for start in range(0, vocab_size, chunk_size):
+            z = first if start == 0 else chunk_logits(start, min(start + chunk_size, vocab_size))
+            buffer = torch.empty_like(z) if scratch is None else scratch[: z.numel()].view(z.shape)
+            state.add(z, start, min(top_k, vocab_size), buffer, reference)
+            del z, buffer
+        return state.finish(alphas, reference_entropy)
     state = _Running.start(first.shape[0], first.device, alphas, reference, target_ids, target_logits)
     k = min(top_k, vocab_size)
     for start in range(0, vocab_size, chunk_size):
@@ -297,3 +309,140 @@ class _Running:
                 j = self.finite_alphas.index(a)
                 columns.append((torch.log(self.sum_pow[:, j]) - a * log_sum) / (1.0 - a))
         return torch.stack(columns, -1) if columns else torch.zeros(self.n_rows, 0, device=self.device)
+
+
+@dataclass
+class _ChunkSums:
+    """Per-chunk sums of :func:`streaming_lens_statistics`, combined once at the end (the fused path).
+
+    Why not the running recurrence of :class:`_Running`: rescaling the running sums to each
+    new maximum and merging top-k per chunk costs some twenty small kernels per chunk, which
+    on CPU add up to as much as the passes over the chunk itself. Here each chunk is centred
+    on its own maximum and only appends a few ``[R]`` (``[R, k]``) results to lists; one
+    vectorised step in :meth:`finish` rescales and merges them all. The passes over a chunk
+    are fewer too: the rank counts ``z > t`` written as floats into the scratch and summed
+    (two kernels instead of four), and ``sum e * (z - m)`` is one dot product (NaN only where
+    a row holds -inf logits; those rows fall back to a NaN-ignoring sum).
+    """
+
+    alphas: list  # finite orders other than 0, 1
+    need_support: bool
+    centres: list = field(default_factory=list)  # [R] per chunk: its max, 0 where the chunk is all masked
+    sums: list = field(default_factory=list)  # sum exp(z - centre)
+    shifts: list = field(default_factory=list)  # sum exp(z - centre) * (z - centre)
+    powers: list = field(default_factory=list)  # [R, len(alphas)]: sum exp(a (z - centre))
+    support: list = field(default_factory=list)
+    top_vals: list = field(default_factory=list)
+    top_ids: list = field(default_factory=list)
+    cross: list = field(default_factory=list)  # sum_v q_v z_v (with a reference)
+    above: list = field(default_factory=list)  # how many z > target logit (with targets)
+    own: list = field(default_factory=list)  # 1 where the target's own logit counted as above
+    groups: int = 0
+    k: int = 0
+    target_ids: torch.Tensor | None = None
+    target_logits: torch.Tensor | None = None
+    target_index: torch.Tensor | None = None  # [R, chunks]: the target's column in each chunk (clamped)
+    target_in: torch.Tensor | None = None  # [R, chunks]: whether the target lies in that chunk
+
+    @classmethod
+    def start(cls, first, vocab_size, chunk_size, alphas, reference, target_ids, target_logits) -> "_ChunkSums":
+        finite = [a for a in alphas if a not in (0.0, 1.0) and not math.isinf(a)]
+        state = cls(alphas=finite, need_support=0.0 in alphas)
+        n_rows, device = first.shape[0], first.device
+        if reference is not None:
+            state.groups = reference.shape[0]
+            if state.groups == 0 or n_rows % state.groups:
+                raise ValueError(f"{n_rows} rows do not split into {state.groups} reference groups")
+        if target_ids is not None:
+            state.target_ids = target_ids.to(device)
+            state.target_logits = target_logits.to(device).float()
+            starts = torch.arange(0, vocab_size, chunk_size, device=device)
+            widths = (vocab_size - starts).clamp(max=chunk_size)
+            local = state.target_ids.unsqueeze(-1) - starts
+            state.target_in = (local >= 0) & (local < widths)
+            state.target_index = torch.minimum(local.clamp(min=0), widths - 1)
+        return state
+
+    def add(self, z: torch.Tensor, start: int, k: int, buffer: torch.Tensor, reference: torch.Tensor | None) -> None:
+        """One chunk's statistics; overwrites ``z`` (centred in place) and ``buffer``."""
+        self.k = k
+        vals, idx = exact_topk(z, min(k, z.shape[1]))
+        self.top_vals.append(vals)
+        self.top_ids.append(idx + start)
+        chunk_max = vals[:, 0] if vals.shape[1] else z.amax(-1)  # topk is sorted: no pass for the maximum
+        if reference is not None:
+            q = reference[:, start : start + z.shape[1]].to(device=z.device, dtype=z.dtype).unsqueeze(-1)
+            self.cross.append(torch.bmm(z.reshape(self.groups, -1, z.shape[1]), q).reshape(-1))
+        if self.target_ids is not None:
+            # A float 0/1 per token, summed exactly below 2**24; no NaN (NaN > t is False).
+            above = torch.gt(z, self.target_logits.unsqueeze(-1), out=buffer)
+            self.above.append(above.sum(-1))
+            column = self.target_index[:, len(self.above) - 1 : len(self.above)]
+            self.own.append(above.gather(-1, column).squeeze(-1))
+        if self.need_support:
+            self.support.append(torch.isfinite(z).sum(-1))
+        centre = chunk_max.nan_to_num(neginf=0.0)  # an all-masked chunk stays all -inf: its sums are 0
+        self.centres.append(centre)
+        self._add_exponentials(z.sub_(centre.unsqueeze(-1)), buffer)
+
+    def _add_exponentials(self, centred: torch.Tensor, buffer: torch.Tensor) -> None:
+        if self.alphas:
+            self.powers.append(torch.stack([torch.mul(centred, a, out=buffer).exp_().sum(-1) for a in self.alphas], -1))
+        e = torch.exp(centred, out=buffer)
+        self.sums.append(e.sum(-1))
+        dot = torch.linalg.vecdot(e, centred)
+        # exp(-inf) * -inf is NaN for masked entries, whose true contribution is 0. The check
+        # costs a host sync, cheap on CPU; elsewhere the NaN-ignoring sum runs unconditionally.
+        if e.device.type != "cpu" or bool(torch.isnan(dot).any()):
+            dot = torch.where(torch.isnan(dot), e.mul_(centred).nansum(-1), dot)
+        self.shifts.append(dot)
+
+    def finish(self, alphas: tuple, reference_entropy: torch.Tensor | None) -> LensStatistics:
+        """Rescale every chunk's sums to the rows' overall maximum and merge the chunk top-k."""
+        sums, centres = torch.stack(self.sums, -1), torch.stack(self.centres, -1)  # [R, chunks]
+        live = sums > 0
+        top = torch.where(live, centres, torch.full_like(centres, -math.inf)).amax(-1)
+        top = top.nan_to_num(neginf=0.0)
+        offset = torch.where(live, centres - top.unsqueeze(-1), torch.zeros_like(centres))  # <= 0
+        scale = torch.where(live, torch.exp(offset), torch.zeros_like(offset))
+        sum_exp = (scale * sums).sum(-1)
+        sum_shift = (scale * (torch.stack(self.shifts, -1) + sums * offset)).sum(-1)
+        log_sum = torch.log(sum_exp)
+        shannon = log_sum - sum_shift / sum_exp
+        log_z = top + log_sum
+        vals, order = torch.cat(self.top_vals, -1).topk(self.k, dim=-1)  # k <= vocabulary <= all candidates
+        ids = torch.cat(self.top_ids, -1).gather(-1, order)
+        target_prob, rank = self._target(log_z)
+        if self.cross:
+            h_ref = reference_entropy.to(log_z.device).float().repeat_interleave(log_z.shape[0] // self.groups)
+            kl = (log_z - torch.stack(self.cross, -1).sum(-1) - h_ref).clamp_(min=0)  # >= 0 up to rounding
+        else:
+            kl = torch.full_like(log_z, math.nan)
+        renyi = self._renyi(alphas, shannon, log_sum, live, offset)
+        return LensStatistics(entropy=shannon, topk_ids=ids, topk_probs=torch.exp(vals - log_z.unsqueeze(-1)),
+                              target_prob=target_prob, target_rank=rank, renyi=renyi, kl=kl)
+
+    def _target(self, log_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.target_ids is None:
+            return torch.full_like(log_z, math.nan), torch.full(log_z.shape, -1, dtype=torch.long, device=log_z.device)
+        valid = self.target_ids >= 0
+        own = (torch.stack(self.own, -1) * self.target_in).sum(-1)
+        higher = (torch.stack(self.above, -1).sum(-1) - own).long()
+        target_prob = torch.where(valid, torch.exp(self.target_logits - log_z), torch.full_like(log_z, math.nan))
+        return target_prob, torch.where(valid, higher, torch.full_like(higher, -1))
+
+    def _renyi(self, alphas, shannon, log_sum, live, offset) -> torch.Tensor:
+        columns = []
+        for a in alphas:
+            if a == 1.0:
+                columns.append(shannon)
+            elif a == 0.0:
+                columns.append(torch.log(torch.stack(self.support, -1).sum(-1).float()))
+            elif math.isinf(a):
+                columns.append(log_sum)  # -log max p = log Z - max
+            else:
+                j = self.alphas.index(a)
+                power = torch.stack([p[:, j] for p in self.powers], -1)
+                power = torch.where(live, power * torch.exp(a * offset), torch.zeros_like(power)).sum(-1)
+                columns.append((torch.log(power) - a * log_sum) / (1.0 - a))
+        return torch.stack(columns, -1) if columns else torch.zeros(shannon.shape[0], 0, device=shannon.device)
