@@ -67,6 +67,43 @@ def test_a_trace_without_a_stored_vocabulary_reads_none_and_one_with_it_survives
         assert trace.vocabulary == vocab and trace.token_text(7) == "w7 é" and len(trace) == 1
 
 
+def test_a_vocabulary_compressed_once_is_stored_byte_for_byte_in_later_files(tmp_path, monkeypatch):
+    from entropylens_hf.trace import storage
+    from entropylens_hf.trace.storage import EncodedStrings, create_column, write_new_strings
+
+    meta = replace(META, vocab_size=70_000)
+    vocab = [f"tok {i} é" * (i % 5) for i in range(70_000)]  # several chunks of each column, the last partial
+    strings = EncodedStrings.of(vocab)
+    compressed = []  # vocabularies that went through HDF5's filters
+    original = storage.append_strings
+    monkeypatch.setattr(storage, "append_strings",
+                        lambda group, name, texts: (compressed.append(texts) if texts is strings else None,
+                                                    original(group, name, texts))[1])
+    for name in ("a.h5", "b.h5"):
+        with TraceWriter(tmp_path / name, meta, vocabulary=strings) as w:
+            w.write([make_record(5, 2, 0)])
+    assert len(compressed) == 1 and set(strings.stored_chunks) == {"_bytes", "_end"}  # kept from the first file
+    with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
+        for column in ("text_bytes", "text_end"):
+            da, db = a["vocabulary"][column], b["vocabulary"][column]
+            assert da.shape == db.shape and da.id.get_num_chunks() == db.id.get_num_chunks() > 1
+            for i in range(da.id.get_num_chunks()):
+                assert db.id.read_direct_chunk(da.id.get_chunk_info(i).chunk_offset) == \
+                    da.id.read_direct_chunk(da.id.get_chunk_info(i).chunk_offset)
+    with Trace.open(tmp_path / "b.h5") as trace:
+        assert trace.vocabulary == vocab
+    # A column of another layout (here: another chunk size) is compressed anew, not given foreign chunks.
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        group = f.create_group("vocabulary")
+        create_column(group, "text_bytes", np.uint8, (), 1000)
+        create_column(group, "text_end", np.int64, (), 1000)
+        write_new_strings(group, "text", strings)
+    with h5py.File(tmp_path / "other.h5") as f:
+        assert bytes(f["vocabulary/text_bytes"][:]) == bytes(strings.data)
+        np.testing.assert_array_equal(f["vocabulary/text_end"][:], strings.ends)
+    assert strings.stored_chunks["_end"]["layout"][1] == (4096,)  # the trace layout's chunks are kept
+
+
 def test_dataframe_export_has_one_row_per_token_or_per_token_and_layer(tmp_path):
     pytest.importorskip("pandas")
     kl = np.arange(12, dtype=np.float32).reshape(4, 3)

@@ -371,8 +371,11 @@ class _ChunkSums:
         self.top_ids.append(idx + start)
         chunk_max = vals[:, 0] if vals.shape[1] else z.amax(-1)  # topk is sorted: no pass for the maximum
         if reference is not None:
-            q = reference[:, start : start + z.shape[1]].to(device=z.device, dtype=z.dtype).unsqueeze(-1)
-            self.cross.append(torch.bmm(z.reshape(self.groups, -1, z.shape[1]), q).reshape(-1))
+            # [G, 1, C] @ [G, C, R/G]: the reference as the left operand. Why: MKL's batched
+            # product with a one-column right operand ([G, R/G, C] @ [G, C, 1]) ran at a
+            # fraction of memory speed, 3.1 ms against 0.4 ms for 17 x 30 x 8,224 on 2 cores.
+            q = reference[:, start : start + z.shape[1]].to(device=z.device, dtype=z.dtype).unsqueeze(1)
+            self.cross.append(torch.bmm(q, z.reshape(self.groups, -1, z.shape[1]).transpose(1, 2)).reshape(-1))
         if self.target_ids is not None:
             # A float 0/1 per token, summed exactly below 2**24; no NaN (NaN > t is False).
             above = torch.gt(z, self.target_logits.unsqueeze(-1), out=buffer)
@@ -390,11 +393,15 @@ class _ChunkSums:
             self.powers.append(torch.stack([torch.mul(centred, a, out=buffer).exp_().sum(-1) for a in self.alphas], -1))
         e = torch.exp(centred, out=buffer)
         self.sums.append(e.sum(-1))
-        dot = torch.linalg.vecdot(e, centred)
-        # exp(-inf) * -inf is NaN for masked entries, whose true contribution is 0. The check
-        # costs a host sync, cheap on CPU; elsewhere the NaN-ignoring sum runs unconditionally.
+        # e * (z - m) in place: ``linalg.vecdot`` allocates a chunk-sized temporary per call,
+        # which on CPU was served by fresh pages each time (16 ms per 510 x 8,224 chunk, 8x
+        # the in-place pass). exp(-inf) * -inf is NaN for masked entries, whose true
+        # contribution is 0. The check costs a host sync, cheap on CPU; elsewhere the
+        # NaN-ignoring sum runs unconditionally.
+        product = e.mul_(centred)
+        dot = product.sum(-1)
         if e.device.type != "cpu" or bool(torch.isnan(dot).any()):
-            dot = torch.where(torch.isnan(dot), e.mul_(centred).nansum(-1), dot)
+            dot = torch.where(torch.isnan(dot), product.nansum(-1), dot)
         self.shifts.append(dot)
 
     def finish(self, alphas: tuple, reference_entropy: torch.Tensor | None) -> LensStatistics:

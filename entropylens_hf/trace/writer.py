@@ -42,6 +42,7 @@ from .storage import (
     UncleanFile,
     write_budget,
     write_error,
+    write_new_strings,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -297,7 +298,10 @@ class TraceWriter:
             if self._vocabulary is not None and len(self._vocabulary):
                 vocab = f.create_group("vocabulary")
                 create_string_column(vocab, "text")
-                append_strings(vocab, "text", self._vocabulary)
+                vocabulary = self._vocabulary
+                if not isinstance(vocabulary, EncodedStrings):
+                    vocabulary = EncodedStrings.of(vocabulary)
+                write_new_strings(vocab, "text", vocabulary)
             f.flush()
             f.close()
             os.replace(tmp, self.path)
