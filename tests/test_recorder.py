@@ -531,19 +531,16 @@ def test_cuda_bfloat16_lens_uses_a_float32_output_product_and_stays_close_to_flo
 
 
 def test_a_later_recording_reuses_the_workspace_a_finished_one_released():
-    from entropylens_hf.lens import logit
-
     model = tiny_model("llama")
     prompt = torch.tensor([[5, 6, 7, 8]])
-    logit._FREE_WORKSPACES.clear()
-    _, (first,) = EntropyLens(model, None).generate(input_ids=prompt, **FIXED)
-    (released,) = logit._FREE_WORKSPACES.values()
-    lens = EntropyLens(model, None)
+    with EntropyLens(model, None).record() as first_rec:
+        model.generate(input_ids=prompt, **FIXED)
+        released = first_rec._workspace
+    lens = EntropyLens(model, None)  # a fresh lens, as the next notebook cell makes one
     with lens.record() as rec:
         model.generate(input_ids=prompt, **FIXED)
-        assert rec._workspace is released and not logit._FREE_WORKSPACES  # taken: no other recording shares it
+        assert rec._workspace is released  # the finished recording's buffer, not a new one
         other = lens.lens.new_workspace(lens.max_logits)  # what a concurrent recording would take
         assert other.numel() == released.numel() and other.data_ptr() != released.data_ptr()
-    assert logit._FREE_WORKSPACES[released.numel()] is released  # handed back at the end
-    (second,) = rec.records
+    (first,), (second,) = first_rec.records, rec.records
     np.testing.assert_array_equal(second.entropy, first.entropy)  # a reused buffer changes no number
