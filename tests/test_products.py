@@ -9,6 +9,7 @@ from torch import nn
 
 from entropylens_hf import EntropyLens
 from entropylens_hf.lens.logit import LogitLens
+from entropylens_hf.lens import products
 from entropylens_hf.lens.products import PRODUCT_NAMES, auto_product, named_product
 from entropylens_hf.trace import Trace
 
@@ -128,6 +129,19 @@ def test_auto_lens_stores_the_product_it_used_with_each_run(llama, tmp_path, fla
         runs = trace.runs()
     assert runs[0]["lens_product"] == expected and runs[1]["lens_product"] == "float32"
     assert runs[0]["lens_dtype"] == ("float32" if expected == "float32" else "bfloat16")
+
+
+@pytest.mark.parametrize("n", [products.TRANSPOSED_ROWS.start, 100, products.TRANSPOSED_ROWS.stop - 1])
+def test_the_float32_product_in_transposed_pieces_writes_every_logit_where_mm_would(n):
+    """AVX2's path: vocabulary pieces of ``weight @ rows.T`` transposed into ``out``, last piece partial."""
+    g = torch.Generator().manual_seed(n)
+    weight, rows = torch.randn(40001, 48, generator=g), torch.randn(n, 48, generator=g)
+    chunk = weight[1000:39001]  # a chunk of the vocabulary, as the lens passes it
+    out = torch.full((n, chunk.shape[0]), float("nan"))
+    with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset({"avx2", "fma"})):
+        got = products.float32_product(rows, chunk, out)
+    assert got is out and (products._PIECE_LOGITS // n) < chunk.shape[0]  # more than one piece
+    torch.testing.assert_close(out.double(), rows.double() @ chunk.double().t(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("vocab", [1000, 49152, 262144])

@@ -131,6 +131,13 @@ def _path_hint(model: nn.Module, target: nn.Module) -> str:
 #: least _MIN_CHUNK wide so a tight budget does not turn the pass into many tiny chunks.
 _BLOCK_ROWS = 512
 _MIN_CHUNK = 2048
+#: A block with fewer rows widens its chunks to at most this many logits (2 MiB), not to the
+#: whole budget: wide chunks save per-chunk kernels on a decoding step's few rows, but a chunk
+#: that outgrows the caches slows both the product writing it and the passes reading it.
+#: Measured on a 2-core AMD EPYC (Gemma 3 270M, product and statistics of one block): 144 rows
+#: at 8,192 columns 1.2x faster than at 29,127, 288 rows at 8,192 1.2x faster than at 14,563;
+#: 19 rows alike from 4,096 to 32,768 here, 1.4x faster at 32,768 than 8,192 on a 2-core Xeon.
+_WIDE_CHUNK_LOGITS = 1 << 19
 
 
 class LogitLens(nn.Module):
@@ -349,15 +356,15 @@ class LogitLens(nn.Module):
         ``candidates`` ``[R, c]`` (token ids, -1 for none) are tokens likely to score high in
         each row: an offset product subtracts the largest of their logits before rounding.
         ``budget`` (the block's ``rows x chunk`` logits) widens the chunks of a block with fewer
-        rows to the same number of logits. Why: each chunk costs the statistics pass some twenty
-        kernels whatever its width; a decoding step of one token has only one row per layer, and
-        at 19 x 262,144 logits (Gemma 3 270M) 32,768-wide chunks made the pass about 1.4x faster
-        than 8,192-wide ones on a 2-core Xeon (benchmarks/statistics_pass.py shapes).
+        rows, up to ``_WIDE_CHUNK_LOGITS`` logits. Why: each chunk costs the statistics pass some
+        twenty kernels whatever its width; a decoding step of one token has only one row per
+        layer, and at 19 x 262,144 logits (Gemma 3 270M) 32,768-wide chunks made the pass about
+        1.4x faster than 8,192-wide ones on a 2-core Xeon (benchmarks/statistics_pass.py shapes).
         """
         rows = normed.to(self.device)
         n = rows.shape[0]
         if budget and n:
-            chunk_size = min(self.vocab_size, max(chunk_size, budget // n))
+            chunk_size = min(self.vocab_size, max(chunk_size, min(budget, _WIDE_CHUNK_LOGITS) // n))
         if workspace is not None and workspace.numel() < 2 * n * chunk_size:
             raise ValueError(f"workspace of {workspace.numel()} floats is too small for {n} rows x {chunk_size}")
         scratch = None if workspace is None else workspace[n * chunk_size : 2 * n * chunk_size]
