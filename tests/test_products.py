@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from entropylens_hf import EntropyLens
-from entropylens_hf.lens.logit import LogitLens
 from entropylens_hf.lens import products
+from entropylens_hf.lens.logit import LogitLens
 from entropylens_hf.lens.products import PRODUCT_NAMES, auto_product, named_product
 from entropylens_hf.trace import Trace
 

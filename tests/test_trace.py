@@ -76,9 +76,13 @@ def test_a_vocabulary_compressed_once_is_stored_byte_for_byte_in_later_files(tmp
     strings = EncodedStrings.of(vocab)
     compressed = []  # vocabularies that went through HDF5's filters
     original = storage.append_strings
-    monkeypatch.setattr(storage, "append_strings",
-                        lambda group, name, texts: (compressed.append(texts) if texts is strings else None,
-                                                    original(group, name, texts))[1])
+
+    def counting_append(group, name, texts):
+        if texts is strings:
+            compressed.append(texts)
+        return original(group, name, texts)
+
+    monkeypatch.setattr(storage, "append_strings", counting_append)
     for name in ("a.h5", "b.h5"):
         with TraceWriter(tmp_path / name, meta, vocabulary=strings) as w:
             w.write([make_record(5, 2, 0)])
