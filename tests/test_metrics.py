@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropylens_hf.metrics import entropy, exact_topk, renyi_entropy, streaming_lens_statistics, target_rank
+from entropylens_hf.metrics import entropy, exact_topk, renyi_entropy, softmax, streaming_lens_statistics, target_rank
 
 
 def _reference_entropy(z: np.ndarray) -> np.ndarray:
@@ -25,6 +25,21 @@ def test_entropy_of_uniform_is_log_v_and_of_one_hot_is_zero():
     z = torch.full((1, 10), -math.inf)
     z[0, 3] = 0.0
     assert entropy(z).item() == 0.0
+
+
+def test_entropy_and_softmax_of_logits_far_below_the_maximum_match_float64():
+    """Most early-layer lens logits lie hundreds of nats below the maximum; masked ones at -inf."""
+    torch.manual_seed(2)
+    z = -torch.rand(3, 5000) * 1500
+    z[:, :30] = torch.randn(3, 30) * 3
+    z[1, 2000:] = -math.inf
+    z[2, :] = -88.0 + torch.rand(5000) * 2  # around the floor
+    p = softmax(z)
+    want = torch.softmax(z.double(), -1)
+    torch.testing.assert_close(p.double(), want, rtol=1e-5, atol=1e-12)
+    assert p[1, 2000:].eq(0).all() and torch.allclose(p.double().sum(-1), torch.ones(3, dtype=torch.float64))
+    plogp = torch.where(want > 0, want * want.log(), torch.zeros_like(want))
+    torch.testing.assert_close(entropy(z).double(), -plogp.sum(-1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 2.0, 3.0])
@@ -194,7 +209,8 @@ def test_streaming_statistics_equal_float64_definitions(fused, vocab, chunk):
     assert all(len(set(row)) == 10 for row in stats.topk_ids.tolist())
     untied = [0, 1, 3, 7]
     assert torch.equal(stats.topk_ids[untied], want["p"][untied].topk(10, -1).indices)
-    assert stats.topk_ids[2, 0] == vocab - 2 and stats.entropy[2] == 0
+    # One live token: entropy 0 up to the masked entries' exp floor (about 1e-36 each).
+    assert stats.topk_ids[2, 0] == vocab - 2 and 0 <= stats.entropy[2] < 1e-30
 
 
 @pytest.mark.parametrize("alphas", [(), (2.0,), (0.0, math.inf)])
@@ -217,6 +233,40 @@ def test_fused_statistics_equal_the_former_recurrence(alphas):
         torch.testing.assert_close(getattr(both[1], name), getattr(both[0], name), rtol=1e-5, atol=1e-5, equal_nan=True)
     for name in ("topk_ids", "target_rank"):
         assert torch.equal(getattr(both[1], name), getattr(both[0], name))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_statistics_of_logits_far_below_the_maximum_equal_float64_definitions(fused):
+    """Early lens layers put most logits hundreds of nats below the row's maximum (Gemma 3: 98%).
+
+    The fused pass raises exponents to a floor there (exp's slow path on CPU); a small Rényi
+    order must still see those tokens as absent, not as exp(a * floor)."""
+    torch.manual_seed(5)
+    vocab = 9000
+    z = -torch.rand(5, vocab) * 2000  # mostly far below
+    z[:, :40] = torch.randn(5, 40) * 3  # a few tokens near the top
+    z[1, 100:200] = -math.inf
+    z[2, 40:] = -88.0 + torch.rand(vocab - 40) * 2  # just around the floor
+    z[3, 1:] = -math.inf  # one live token
+    z[3, 0] = 1.0
+    z[4] = torch.randn(vocab) * 3 - 300  # every logit far below 0, and a whole chunk masked
+    z[4, 2048:4096] = -math.inf
+    targets = torch.tensor([3, 500, 7000, 0, 8000])
+    q = torch.softmax(torch.randn(1, vocab), -1)
+    q_entropy = -(q.double() * q.double().log()).sum(-1).float()
+    alphas = [0, 0.01, 0.5, 1, 2, math.inf]
+    stats = streaming_lens_statistics(
+        lambda a, b: z[:, a:b].clone(), vocab, top_k=5, target_ids=targets,
+        target_logits=z.gather(-1, targets[:, None])[:, 0], alphas=alphas, chunk_size=2048,
+        reference=q, reference_entropy=q_entropy, fused=fused,
+    )
+    want = _float64_statistics(z, targets, q, alphas)
+    torch.testing.assert_close(stats.entropy.double(), want["entropy"], rtol=1e-5, atol=2e-5)
+    # Order 0.01 sums 9,000 terms near exp(-10) in float32: 1e-4 relative, the unfused path's too.
+    torch.testing.assert_close(stats.renyi.double(), want["renyi"], rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(stats.kl[[0, 1, 2]].double(), want["kl"][[0, 1, 2]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stats.target_prob.double(), want["target_prob"], rtol=1e-5, atol=1e-30)
+    assert torch.equal(stats.target_rank, want["higher"])
 
 
 def test_fused_statistics_without_targets_reference_or_scratch():

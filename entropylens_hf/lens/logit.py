@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .metrics import LensStatistics, streaming_lens_statistics
+from .metrics import LensStatistics, softmax, streaming_lens_statistics
 from .products import Product, float32_output, float32_product, low_precision_output, named_product
 from .products import plain_product_function
 from .sublayers import lens_rows
@@ -503,7 +503,7 @@ class LogitLens(nn.Module):
             final_z = self._transform(head.to(self.device, torch.float32, copy=True))
         else:
             final_z = self._full_logits(self.normalize_layers(res[:, -1:], [width - 1])[:, 0], dtype)
-        q = torch.softmax(final_z, dim=-1) if kl else None
+        q = softmax(final_z) if kl else None
         final = _full_statistics(final_z, targets, top_k=top_k, alphas=alphas)  # overwrites final_z
         return replace(final, kl=torch.zeros_like(final.entropy) if kl else final.kl), q
 
