@@ -28,6 +28,16 @@ __all__ = [
 ]
 
 
+#: Centred logits are raised to this floor before ``exp``. Why: torch's vectorised CPU ``exp``
+#: leaves its fast path for arguments below about -87.3 (where float32 results turn subnormal
+#: or zero): 15-40x slower per element on an AVX2 EPYC, and logit-lens rows of early layers
+#: put most of the vocabulary there (Gemma 3 270M: 98% of a prompt block's logits lie more than
+#: 87 below their row's maximum; ``exp`` of one such 288 x 8,192 chunk took 30 ms, 1.8 ms floored).
+#: exp(-87) is 1.6e-38: a whole 262,144-token vocabulary at the floor adds 4e-33 to a sum that
+#: is at least 1 (the row's maximum contributes exp(0)), below float32 resolution.
+_EXP_FLOOR = -87.0
+
+
 def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
@@ -85,15 +95,6 @@ def target_rank(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     chosen = z.gather(-1, target.unsqueeze(-1))
     return (z > chosen).sum(-1)
 
-
-#: Centred logits are raised to this floor before ``exp``. Why: torch's vectorised CPU ``exp``
-#: leaves its fast path for arguments below about -87.3 (where float32 results turn subnormal
-#: or zero): 15-40x slower per element on an AVX2 EPYC, and logit-lens rows of early layers
-#: put most of the vocabulary there (Gemma 3 270M: 98% of a prompt block's logits lie more than
-#: 87 below their row's maximum; ``exp`` of one such 288 x 8,192 chunk took 30 ms, 1.8 ms floored).
-#: exp(-87) is 1.6e-38: a whole 262,144-token vocabulary at the floor adds 4e-33 to a sum that
-#: is at least 1 (the row's maximum contributes exp(0)), below float32 resolution.
-_EXP_FLOOR = -87.0
 
 #: Rows narrower than ``_PREFILTER_RATIO * k * _PREFILTER_SLICES`` use ``torch.topk`` directly.
 _PREFILTER_SLICES = 8
