@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropylens_hf.metrics import entropy, exact_topk, renyi_entropy, softmax, streaming_lens_statistics, target_rank
+from entropylens_hf.metrics import EntropyScratch, entropy, exact_topk, renyi_entropy, softmax, streaming_lens_statistics, target_rank
 
 
 def _reference_entropy(z: np.ndarray) -> np.ndarray:
@@ -40,6 +40,26 @@ def test_entropy_and_softmax_of_logits_far_below_the_maximum_match_float64():
     assert p[1, 2000:].eq(0).all() and torch.allclose(p.double().sum(-1), torch.ones(3, dtype=torch.float64))
     plogp = torch.where(want > 0, want * want.log(), torch.zeros_like(want))
     torch.testing.assert_close(entropy(z).double(), -plogp.sum(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_entropy_with_a_scratch_reuses_it_and_equals_float64_across_shapes():
+    """The recorder's per-step entropy: the same buffers every step, new ones when the batch changes."""
+    torch.manual_seed(3)
+    scratch = EntropyScratch()
+    z = torch.randn(2, 3000) * 5
+    z[1, 100:] = -math.inf
+    z[0, :2000] -= 400.0  # below the exponent floor
+    want = torch.from_numpy(_reference_entropy(z.double().numpy()))
+    torch.testing.assert_close(entropy(z, scratch).double(), want, rtol=1e-5, atol=1e-6)
+    held = scratch.buffers(z)
+    torch.testing.assert_close(entropy(z * 0.5, scratch).double(), torch.from_numpy(_reference_entropy((z * 0.5).double().numpy())),
+                               rtol=1e-5, atol=1e-6)
+    assert all(a is b for a, b in zip(scratch.buffers(z), held))
+    one_hot = torch.full((3, 10), -math.inf)
+    one_hot[:, 4] = 1.0
+    assert entropy(one_hot, scratch).tolist() == [0.0, 0.0, 0.0]
+    assert scratch.buffers(one_hot)[0].shape == (3, 10)
+    torch.testing.assert_close(entropy(z, scratch).double(), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 2.0, 3.0])

@@ -45,7 +45,7 @@ from .live import DEFAULT_LIVE_INTERVAL, LiveRecording
 from .state import CallState, HostBlock
 from .vocabulary import decoded_vocabulary, token_texts
 from ..lens.metrics import LensStatistics
-from ..lens.metrics import entropy as shannon_entropy
+from ..lens.metrics import EntropyScratch, entropy as shannon_entropy
 from ..lens.sublayers import lens_rows, resolve_mid_points
 from ..trace import SequenceRecord, TraceMetadata, TraceWriter
 from ..trace.schema import label_texts
@@ -289,6 +289,7 @@ class TraceRecorder(LogitsProcessor):
         self.last_records: list[SequenceRecord] = []
         self._capture: ResidualCapture | None = None
         self._workspace: torch.Tensor | None = None  # reused by every block of the recording
+        self._step_scratch = EntropyScratch()  # reused by every step's entropy of the scores
         self._state: CallState | None = None
         self._next_labels: Labels | Sequence[Labels] | None = None
         self._next_keys: Sequence[str] | None = None
@@ -457,7 +458,7 @@ class TraceRecorder(LogitsProcessor):
         # A model that computed logits for every prompt position: keep only the last one's.
         state.pending_head = None if head is None else head[:, -1].clone() if head.shape[1] > 1 else head[:, -1]
         state.step_alive.append(state.alive)
-        state.step_entropy.append(shannon_entropy(scores))
+        state.step_entropy.append(shannon_entropy(scores, self._step_scratch))
         state.step += 1
         if self._live is not None:
             self._live.step(state)
