@@ -289,6 +289,35 @@ def test_statistics_of_logits_far_below_the_maximum_equal_float64_definitions(fu
     assert torch.equal(stats.target_rank, want["higher"])
 
 
+@pytest.mark.parametrize("height", [0.0, 400.0, 3000.0])
+def test_statistics_of_rows_with_large_logits_equal_float64_definitions(height):
+    """Lens rows whose logits sit in the hundreds or thousands (a large residual through the final norm).
+
+    Exponentials are taken in base 2; the logits are centred before they are scaled, so the
+    float32 rounding of a large maximum does not shift the row's distribution."""
+    torch.manual_seed(6)
+    vocab, chunk = 20000, 4096
+    z = torch.randn(4, vocab) * torch.tensor([[1.0], [4.0], [30.0], [0.2]]) + height
+    z[3, 5000:9000] = -math.inf
+    targets = torch.tensor([1, 17, 9999, 19999])
+    q = torch.softmax(torch.randn(2, vocab), -1)
+    q_entropy = -(q.double() * q.double().log()).sum(-1).float()
+    alphas = [0.5, 1, 2, math.inf]
+    stats = streaming_lens_statistics(
+        lambda a, b: z[:, a:b].clone(), vocab, top_k=5, target_ids=targets,
+        target_logits=z.gather(-1, targets[:, None])[:, 0], alphas=alphas, chunk_size=chunk,
+        reference=q, reference_entropy=q_entropy,
+    )
+    want = _float64_statistics(z, targets, q, alphas)
+    torch.testing.assert_close(stats.entropy.double(), want["entropy"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(stats.renyi.double(), want["renyi"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(stats.target_prob.double(), want["target_prob"], rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(stats.kl.double(), want["kl"], rtol=1e-4, atol=2e-4 * (1 + height / 100))
+    plogp = torch.where(want["p"] > 0, want["p"] * want["p"].log(), torch.zeros_like(want["p"]))
+    torch.testing.assert_close(entropy(z).double(), -plogp.sum(-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(softmax(z).double(), want["p"], rtol=1e-5, atol=1e-12)
+
+
 def test_fused_statistics_without_targets_reference_or_scratch():
     z = torch.randn(3, 777)
     stats = streaming_lens_statistics(lambda a, b: z[:, a:b].clone(), 777, top_k=3, chunk_size=100)

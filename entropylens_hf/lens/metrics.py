@@ -38,10 +38,11 @@ __all__ = [
 #: is at least 1 (the row's maximum contributes exp(0)), below float32 resolution.
 _EXP_FLOOR = -87.0
 
-#: Exponentials are taken in base 2: ``exp(z - m) = exp2((z - m) * log2(e))``, the scaling folded
-#: into the centring pass (one ``add`` with ``alpha``). Why: torch's vectorised CPU ``exp2`` costs
-#: about half of ``exp`` (2-core AMD EPYC, AVX2: 1.2 against 2.3 ms per 288 x 8,192 chunk), and
-#: the statistics pass takes several exponentials per logit. The floor is the same in base 2.
+#: Exponentials are taken in base 2: ``exp(z - m) = exp2((z - m) * log2(e))``. Why: torch's
+#: vectorised CPU ``exp2`` costs about half of ``exp`` (2-core AMD EPYC, AVX2: 1.2 against 2.3 ms
+#: per 288 x 8,192 chunk), more than the extra scaling pass. ``z - m`` is taken first, exactly for
+#: the logits near the maximum, where folding the scaling into it (``m * log2(e)`` rounded) would
+#: shift a row's exponents by up to half a float32 step of the maximum. The floor is the same.
 _LOG2_E = 1.0 / math.log(2.0)
 _LN_2 = math.log(2.0)
 _EXP2_FLOOR = _EXP_FLOOR * _LOG2_E
@@ -100,12 +101,12 @@ def _exponentials(
     With ``scratch`` the first two live in its buffers (valid until its next use).
     """
     z = _at_least_float32(logits)
-    shift = z.amax(-1, keepdim=True).mul_(-_LOG2_E)
+    top = z.amax(-1, keepdim=True)
     if scratch is None:
         scaled, e, absent = torch.empty_like(z), None, None
     else:
         scaled, e, absent = scratch.buffers(z)
-    torch.add(shift, z, alpha=_LOG2_E, out=scaled)
+    torch.sub(z, top, out=scaled).mul_(_LOG2_E)
     absent = torch.lt(scaled, _EXP2_FLOOR, out=absent)  # -inf included; NaN stays NaN
     e = torch.exp2(scaled.clamp_(min=_EXP2_FLOOR), out=e)
     e.masked_fill_(absent, 0.0)
@@ -465,10 +466,7 @@ class _ChunkSums:
 
     def _add_exponentials(self, z: torch.Tensor, centre: torch.Tensor, buffer: torch.Tensor) -> None:
         """Sums of ``exp(z - centre)`` (and its products, powers) per row, in base 2 (see ``_LOG2_E``); overwrites ``z``."""
-        # y = (z - centre) * log2(e) in one pass. Its rounding offsets a row's exponents alike
-        # (by at most half a float32 step of centre * log2(e)), which cancels in the chunk's
-        # normalised sums; per element it is below the product's own rounding of the logits.
-        y = torch.add(centre.unsqueeze(-1) * -_LOG2_E, z, alpha=_LOG2_E, out=z)
+        y = z.sub_(centre.unsqueeze(-1)).mul_(_LOG2_E)
         # Each exponent is raised to the floor first (see _EXP_FLOOR): the powers' after scaling,
         # since a small order a makes exp(a * floor) far from negligible.
         if self.alphas:
