@@ -138,10 +138,51 @@ def test_the_float32_product_in_transposed_pieces_writes_every_logit_where_mm_wo
     weight, rows = torch.randn(40001, 48, generator=g), torch.randn(n, 48, generator=g)
     chunk = weight[1000:39001]  # a chunk of the vocabulary, as the lens passes it
     out = torch.full((n, chunk.shape[0]), float("nan"))
-    with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset({"avx2", "fma"})):
+    with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset({"avx2", "fma"})), \
+            mock.patch("entropylens_hf.lens.products.onednn_linear", lambda rows, weight: None):  # a build without it
         got = products.float32_product(rows, chunk, out)
     assert got is out and (products._PIECE_LOGITS // n) < chunk.shape[0]  # more than one piece
     torch.testing.assert_close(out.double(), rows.double() @ chunk.double().t(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(products._onednn_linear_op() is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("n", [1, 18, 300])
+def test_the_float32_product_through_onednn_writes_every_logit_where_mm_would(n):
+    """AVX2's path where torch has oneDNN: its linear kernel, the result copied into ``out``."""
+    g = torch.Generator().manual_seed(n)
+    weight, rows = torch.randn(20011, 48, generator=g), torch.randn(n, 48, generator=g)
+    chunk = weight[1000:19001]
+    out = torch.full((n, chunk.shape[0]), float("nan"))
+    calls = []
+    real = products._onednn_linear_op()
+    with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset({"avx2", "fma"})), \
+            mock.patch("entropylens_hf.lens.products._onednn_linear_op", lambda: lambda *a: calls.append(1) or real(*a)):
+        got = products.float32_product(rows, chunk, out)
+        assert got is out and calls == [1]
+        torch.testing.assert_close(out.double(), rows.double() @ chunk.double().t(), rtol=0, atol=1e-4)
+        alone = products.float32_product(rows, chunk, None)  # no buffer: oneDNN's own result
+        torch.testing.assert_close(alone, out, rtol=0, atol=0)
+        torch.backends.mkldnn.enabled = False  # the user turned oneDNN off: MKL, not oneDNN
+        try:
+            off = products.float32_product(rows, chunk, torch.empty_like(out))
+        finally:
+            torch.backends.mkldnn.enabled = True
+        assert len(calls) == 2
+        torch.testing.assert_close(off.double(), rows.double() @ chunk.double().t(), rtol=0, atol=1e-4)
+
+
+def test_onednn_linear_is_none_where_torch_lacks_the_op():
+    products._onednn_linear_op.cache_clear()
+    try:
+        with mock.patch.object(torch.ops.mkldnn, "_linear_pointwise", new=None, create=True):
+            assert products._onednn_linear_op() is None
+            products._onednn_linear_op.cache_clear()
+            with mock.patch("entropylens_hf.lens.products.cpu_flags", lambda: frozenset({"avx2"})):
+                rows, weight = torch.randn(20, 8), torch.randn(50, 8)
+                got = products.float32_product(rows, weight, torch.empty(20, 50))
+            torch.testing.assert_close(got, rows @ weight.t(), rtol=1e-5, atol=1e-5)
+    finally:
+        products._onednn_linear_op.cache_clear()
 
 
 @pytest.mark.parametrize("vocab", [1000, 49152, 262144])

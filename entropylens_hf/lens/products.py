@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "Product",
+    "onednn_linear",
     "PRODUCT_NAMES",
     "auto_product",
     "cpu_flags",
@@ -58,16 +59,25 @@ _PIECES = threading.local()
 
 
 def float32_product(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """float32 ``rows @ weight.T``, written into ``out`` when given (``mm``: faster than ``linear`` in float32).
+    """float32 ``rows @ weight.T``, written into ``out`` when given.
 
-    Why in transposed pieces on a CPU without AVX-512: MKL's AVX2 kernels run ``weight @ rows.T``
-    (the vocabulary as the long side) 1.1-1.5x faster than ``rows @ weight.T`` for 16 to a few
-    hundred rows, and slower from about 500 rows on (measured on a 2-core AMD EPYC, Gemma 3 270M
-    and SmolLM2 shapes). Each piece of about a thousand vocabulary rows is multiplied into a
+    On a CPU without AVX-512, through oneDNN's linear (:func:`onednn_linear`) where this torch
+    build has it, else (MKL) in transposed pieces for 16 to 384 rows; elsewhere ``mm``. Why:
+    on a 2-core AMD EPYC (AVX2) oneDNN's kernel, reading the weight in its stored layout, ran
+    0.63x MKL's time for 18-31 rows and 0.84-0.91x for 144-510 (Gemma 3 and SmolLM2 shapes, in
+    vocabulary chunks, side by side). MKL's AVX2 kernels in turn run ``weight @ rows.T`` (the
+    vocabulary as the long side) 1.1-1.5x faster than ``rows @ weight.T`` for 16 to a few
+    hundred rows; each piece of about a thousand vocabulary rows is multiplied into a
     cache-sized buffer and transposed into ``out`` from there, so the transpose costs little.
+    AVX-512 CPUs keep ``mm``: neither alternative was measured there.
     """
     n = rows.shape[0]
-    if out is None or rows.device.type != "cpu" or n not in TRANSPOSED_ROWS or "avx512f" in cpu_flags():
+    if rows.device.type != "cpu" or "avx512f" in cpu_flags():
+        return torch.mm(rows, weight.t(), out=out)
+    z = onednn_linear(rows, weight)
+    if z is not None:
+        return z if out is None else out.copy_(z)  # oneDNN allocates its result: copied (0.1 ms a MiB)
+    if out is None or n not in TRANSPOSED_ROWS:
         return torch.mm(rows, weight.t(), out=out)
     piece = _PIECE_LOGITS // n
     buffer = getattr(_PIECES, "buffer", None)
@@ -79,6 +89,34 @@ def float32_product(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor 
         torch.mm(weight[start:stop], rows.t(), out=part)
         out[:, start:stop].copy_(part.t())
     return out
+
+
+def onednn_linear(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """float32 ``rows @ weight.T`` by oneDNN's linear kernel (CPU), or None where it is not available.
+
+    ``torch.ops.mkldnn._linear_pointwise`` is the kernel torch's own compiler calls for linear
+    layers on CPU; it is an internal op, so its presence and its result are checked once
+    (:func:`_onednn_linear_op`), and ``torch.backends.mkldnn.enabled = False`` turns it off.
+    """
+    op = _onednn_linear_op()
+    if op is None or not torch.backends.mkldnn.enabled or rows.dtype != torch.float32 or weight.dtype != torch.float32:
+        return None
+    return op(rows.contiguous(), weight.contiguous(), None, "none", [], "")
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_linear_op() -> Callable | None:
+    """The oneDNN linear op if this torch build has it and it multiplies a probe correctly."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        generator = torch.Generator().manual_seed(0)
+        x, w = torch.randn(3, 40, generator=generator), torch.randn(7, 40, generator=generator)
+        y = op(x, w, None, "none", [], "")
+        if y.shape == (3, 7) and torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-5):
+            return op
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        pass
+    return None
 
 
 def float32_output(rows: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
