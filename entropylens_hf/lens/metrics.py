@@ -78,8 +78,8 @@ class EntropyScratch:
 
     Why: a fresh 1 MiB tensor per step (Gemma 3's 262,144 scores) is not always served from
     memory the process already holds; in recorded generations on a 2-core AMD EPYC VM, half the
-    steps' entropies took 7-12 ms instead of 1 ms, the time going to new pages. Three buffers
-    kept across steps cost 2.25 MiB there and make every step's entropy about 0.5 ms.
+    steps' entropies took 7-20 ms instead of about 1 ms, the time going to new pages. Three
+    buffers kept across steps cost 2.25 MiB there and kept every step at 0.8-1.6 ms.
     """
 
     def __init__(self) -> None:

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "Product",
-    "onednn_linear",
     "PRODUCT_NAMES",
     "auto_product",
     "cpu_flags",
@@ -44,6 +43,7 @@ __all__ = [
     "float32_product",
     "low_precision_output",
     "named_product",
+    "onednn_linear",
     "plain_product_function",
 ]
 
