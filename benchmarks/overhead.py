@@ -7,6 +7,8 @@ For each model and batch size, 64 new tokens, greedy, every layer's entropy and 
   rec-auto  : the same with lens_dtype="auto": the fastest accurate product for this machine
               (lens/products.py; the formulation chosen is printed)
   rec-bf16  : the same with lens_dtype=bfloat16
+  rec-gen   : the float32 recording without prompt rows (record_prompt=False): the generated
+              rows only, the rows the alternatives below compute
   diy       : generate(output_hidden_states=True, return_dict_in_generate=True), then the logit
               lens of every step's last position: final norm, unembedding, entropy, top-10
   nnsight   : the same lens computed inside an nnsight generate trace (when nnsight is installed)
@@ -109,6 +111,7 @@ def _methods(model, args) -> dict[str, Callable]:
     methods: dict[str, Callable] = {"plain": plain, "recorded": recorded}
     methods["rec-auto"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": "auto"})
     methods["rec-bf16"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": torch.bfloat16})
+    methods["rec-gen"] = lambda *a, **k: recorded(*a, **{**k, "record_prompt": False})
     methods["diy"] = diy
     try:
         import nnsight  # noqa: F401
@@ -227,7 +230,7 @@ def main() -> None:
                         "smollm2 (the real model given by --real-model)")
     parser.add_argument("--real-model", default="smollm2", help="names or folders for entropylens_hf.loading.load_model, "
                         "comma-separated; NAME@1+8 sets that model's batches")
-    parser.add_argument("--methods", default="", help="comma-separated subset of: recorded,rec-auto,rec-bf16,diy,"
+    parser.add_argument("--methods", default="", help="comma-separated subset of: recorded,rec-auto,rec-bf16,rec-gen,diy,"
                         "nnsight,rerun (plain always runs; default all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
