@@ -3,7 +3,9 @@
 For each model and batch size, 64 new tokens, greedy, every layer's entropy and top-10:
   plain     : model.generate
   recorded  : EntropyLens.generate writing a trace (hooks, KV cache on, rows resolved in blocks,
-              prompt rows and exact target ranks included), float32 lens product
+              prompt rows and exact target ranks included), float32 lens product, default
+              background="auto" (on CPU, blocks resolved in a worker thread while generate runs)
+  rec-sync  : the same with background=False: every block resolved in generate's own thread
   rec-auto  : the same with lens_dtype="auto": the fastest accurate product for this machine
               (lens/products.py; the formulation chosen is printed)
   rec-bf16  : the same with lens_dtype=bfloat16
@@ -59,8 +61,9 @@ def plain(model, inputs, tokens, **_):
     model.generate(**_generate_kwargs(inputs, tokens))
 
 
-def recorded(model, inputs, tokens, *, path, lens_dtype=torch.float32, record_prompt=True, **_):
-    EntropyLens(model, None, top_k=TOP_K, lens_dtype=lens_dtype, record_prompt=record_prompt).generate(
+def recorded(model, inputs, tokens, *, path, lens_dtype=torch.float32, record_prompt=True, background="auto", **_):
+    EntropyLens(model, None, top_k=TOP_K, lens_dtype=lens_dtype, record_prompt=record_prompt,
+                background=background).generate(
         **_generate_kwargs(inputs, tokens), trace=path)
 
 
@@ -112,6 +115,7 @@ def _methods(model, args) -> dict[str, Callable]:
     methods["rec-auto"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": "auto"})
     methods["rec-bf16"] = lambda *a, **k: recorded(*a, **{**k, "lens_dtype": torch.bfloat16})
     methods["rec-gen"] = lambda *a, **k: recorded(*a, **{**k, "record_prompt": False})
+    methods["rec-sync"] = lambda *a, **k: recorded(*a, **{**k, "background": False})
     methods["diy"] = diy
     try:
         import nnsight  # noqa: F401
@@ -230,7 +234,7 @@ def main() -> None:
                         "smollm2 (the real model given by --real-model)")
     parser.add_argument("--real-model", default="smollm2", help="names or folders for entropylens_hf.loading.load_model, "
                         "comma-separated; NAME@1+8 sets that model's batches")
-    parser.add_argument("--methods", default="", help="comma-separated subset of: recorded,rec-auto,rec-bf16,rec-gen,diy,"
+    parser.add_argument("--methods", default="", help="comma-separated subset of: recorded,rec-sync,rec-auto,rec-bf16,rec-gen,diy,"
                         "nnsight,rerun (plain always runs; default all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)

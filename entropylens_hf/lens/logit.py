@@ -316,11 +316,14 @@ class LogitLens(nn.Module):
 
         Why on CPU: a fresh 32 MiB buffer is paid for in page faults as it is first written,
         30-50 ms on a 2-core VM, which a notebook pays again at every ``record()``. One free
-        buffer per size is kept (CUDA's caching allocator already reuses memory).
+        buffer per size and resolving thread is kept, two at most: the recorder's own and its
+        background worker's (CUDA's caching allocator already reuses memory).
         """
         if workspace.device.type == "cpu":
             with _WORKSPACE_LOCK:
-                _FREE_WORKSPACES[workspace.numel()] = workspace
+                free = _FREE_WORKSPACES.setdefault(workspace.numel(), [])
+                if all(w is not workspace for w in free):
+                    free[:] = [workspace, *free][:_FREE_PER_SIZE]
 
     def lens_weight(self, product: "torch.dtype | str | Product") -> torch.Tensor:
         """The unembedding weight as product ``product`` reads it (a dtype: the plain product), converted once and cached.
@@ -597,7 +600,8 @@ class _OffsetChunks:
 
 
 _WEIGHT_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
-_FREE_WORKSPACES: dict[int, torch.Tensor] = {}  # CPU buffers by size, free for the next recording
+_FREE_WORKSPACES: dict[int, list[torch.Tensor]] = {}  # CPU buffers by size, free for the next recording
+_FREE_PER_SIZE = 2  # a recording's thread and its background worker (recording/background.py)
 _WORKSPACE_LOCK = threading.Lock()
 
 
@@ -605,9 +609,9 @@ def _take_workspace(numel: int, device: torch.device) -> torch.Tensor:
     """A float32 buffer of ``numel``: the one a finished recording released, else a new one."""
     if device.type == "cpu":
         with _WORKSPACE_LOCK:
-            free = _FREE_WORKSPACES.pop(numel, None)
-        if free is not None:
-            return free
+            free = _FREE_WORKSPACES.get(numel)
+            if free:
+                return free.pop(0)
     return torch.empty(numel, device=device)
 
 

@@ -27,6 +27,7 @@ import functools
 import math
 import os
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ from ..lens.products import auto_product, named_product
 from ..errors import EntropyLensError, UnsupportedGenerationError
 from ..lens.logit import LogitLens
 from .generation import eos_ids, generation_settings, max_new_tokens, refuse_unsupported_modes, setting
+from .background import BlockWorker, background_threads, caller_threads, check_background
 from .live import DEFAULT_LIVE_INTERVAL, LiveRecording
 from .state import CallState, HostBlock
 from .vocabulary import decoded_vocabulary, token_texts
@@ -114,6 +116,11 @@ class EntropyLens:
     ``lens`` is a :class:`~entropylens_hf.tuned_lens.TunedLens` to record through instead
     of the logit lens (``TunedLens.load(path)``); one trained for another model, or for
     other rows (whole layers vs ``sublayers``), is refused.
+    ``background`` (CPU): resolve the lens in a worker thread while ``generate`` runs, with
+    half of the caller's intra-op threads (``"auto"``, ``True``), that many (an int) or not
+    at all (``False``); the model keeps the rest for the call (:mod:`.background`). Off on
+    accelerators, with one thread and in live recording. Numbers equal a recording made with
+    the worker's thread count; other counts may round the last bit differently.
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class EntropyLens:
         unembedding: torch.nn.Module | None = None,
         sublayers: bool = False,
         lens: TunedLens | None = None,
+        background: bool | int | str = "auto",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -149,6 +157,8 @@ class EntropyLens:
         self.lens_product = auto_product(self.lens.device, own) if lens_dtype == "auto" else named_product(own)
         self.lens_dtype = self.lens_product.dtype
         self.max_logits = int(max_logits)
+        check_background(background)  # refused here, not at the first call
+        self.background = background
         self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.sublayers = bool(sublayers)  # a probe forward pass finds the mid points: after cheap checks
         self.mid_points = resolve_mid_points(model, self.lens.layers) if self.sublayers else None
@@ -230,9 +240,10 @@ class EntropyLens:
                 yield recorder
         finally:
             recorder._capture = None
-            if recorder._workspace is not None:
-                self.lens.release_workspace(recorder._workspace)
-            recorder._workspace = None
+            recorder._close_worker()
+            for workspace in recorder._workspaces.values():
+                self.lens.release_workspace(workspace)
+            recorder._workspaces = {}
             if had_own_generate:
                 model.generate = original
             else:
@@ -288,7 +299,8 @@ class TraceRecorder(LogitsProcessor):
         self.records: list[SequenceRecord] = []
         self.last_records: list[SequenceRecord] = []
         self._capture: ResidualCapture | None = None
-        self._workspace: torch.Tensor | None = None  # reused by every block of the recording
+        self._workspaces: dict[int, torch.Tensor] = {}  # per resolving thread, reused by every block
+        self._worker: BlockWorker | None = None  # resolves blocks while generate runs (CPU, see .background)
         self._step_scratch = EntropyScratch()  # reused by every step's entropy of the scores
         self._state: CallState | None = None
         self._next_labels: Labels | Sequence[Labels] | None = None
@@ -330,9 +342,12 @@ class TraceRecorder(LogitsProcessor):
             self._live = LiveRecording(self, self.live_interval, max_new_tokens(model, kwargs, input_ids.shape[1]),
                                        self.lens._token_bytes())
         try:
-            output = original(*args, **kwargs)
+            with self._resolving_in_background():
+                output = original(*args, **kwargs)
             records = self._finish(output)
         except BaseException:
+            if self._state is not None and self._state.worker is not None:
+                self._state.worker.abandon()
             if self._live is not None:
                 self._live.abandon()
             raise
@@ -344,6 +359,25 @@ class TraceRecorder(LogitsProcessor):
         self._stop = False
         self.last_records = self._store(records, live)
         return output
+
+    @contextlib.contextmanager
+    def _resolving_in_background(self) -> Iterator[None]:
+        """Inside: blocks go to the worker and this thread keeps the rest of its intra-op threads (not live)."""
+        threads, wanted = torch.get_num_threads(), self._state.worker_threads
+        if not wanted:
+            yield
+            return
+        if self._worker is None or self._worker.threads != wanted:
+            self._close_worker()
+            self._worker = BlockWorker(wanted)
+        self._state.worker = self._worker
+        with caller_threads(threads - wanted):
+            yield
+
+    def _close_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        self._worker = None
 
     def _begin_call(self, input_ids: torch.Tensor, kwargs: dict) -> CallState:
         """The call's state, with one row per returned sequence; its settings begin a run in the trace."""
@@ -359,6 +393,10 @@ class TraceRecorder(LogitsProcessor):
         settings["lens_dtype"] = str(self.lens.lens_dtype).removeprefix("torch.")
         settings["lens_product"] = self.lens.lens_product.name
         settings["record_prompt"] = _prompt_rows_name(self.lens.prompt_rows)
+        live = self.live_interval is not None and self.writer is not None
+        worker_threads = 0 if live else background_threads(self.lens.background, self.lens.lens.device,
+                                                             torch.get_num_threads())
+        settings["lens_worker_threads"] = worker_threads  # 0: resolved in the caller's thread
         run = self.writer.begin_run(settings) if self.writer is not None else 0
         return CallState(
             input_ids=input_ids.repeat_interleave(n_return, 0),
@@ -368,6 +406,7 @@ class TraceRecorder(LogitsProcessor):
             row_keys=[key for key in keys for _ in range(n_return)],
             run=run,
             row_prompt_texts=None if texts is None else [t for t in texts for _ in range(n_return)],
+            worker_threads=worker_threads,
         )
 
     def _attach(self, kwargs: dict) -> None:
@@ -486,8 +525,9 @@ class TraceRecorder(LogitsProcessor):
         rows_b, rows_p = valid.nonzero(as_tuple=True)  # once per call: may wait for the device
         residuals = torch.stack([r[:, columns] for r in capture.residuals], dim=2).to(device)
         targets = ids[:, columns.start + 1 : positions]
-        stats = self._statistics(residuals[rows_b, rows_p], targets[rows_b, rows_p], None)
-        state.blocks.append(HostBlock({"owner": rows_b, "alive": torch.ones_like(rows_b, dtype=torch.bool), **stats}))
+        rows_r, rows_t = residuals[rows_b, rows_p], targets[rows_b, rows_p]
+        alive = torch.ones_like(rows_b, dtype=torch.bool)
+        self._add_block(state, lambda: HostBlock({"owner": rows_b, "alive": alive, **self._statistics(rows_r, rows_t, None)}))
         state.prompt_rows = valid.sum(-1).tolist()
 
     def _head_logits_usable(self, capture: ResidualCapture) -> bool:
@@ -554,10 +594,19 @@ class TraceRecorder(LogitsProcessor):
         if residuals.device.type == "cpu" and not bool(alive.all()):
             head = None if head is None else head[alive]
             owners, residuals, targets, alive = owners[alive], residuals[alive], targets[alive], alive[alive]
-        stats = self._statistics(residuals, targets, head)
-        state.blocks.append(HostBlock({"owner": owners, "alive": alive, **stats}))
-        if residuals.device.type == "cpu":
-            _return_freed_heap_memory()
+
+        def resolve() -> HostBlock:
+            block = HostBlock({"owner": owners, "alive": alive, **self._statistics(residuals, targets, head)})
+            if residuals.device.type == "cpu":
+                _return_freed_heap_memory()
+            return block
+
+        self._add_block(state, resolve)
+
+    @staticmethod
+    def _add_block(state: CallState, resolve: Any) -> None:
+        """Append a block of the call: resolved by the worker when one runs, else here and now."""
+        state.blocks.append(resolve() if state.worker is None else state.worker.submit(resolve))
 
     def _statistics(
         self, residuals: torch.Tensor, targets: torch.Tensor, head: torch.Tensor | None
@@ -569,8 +618,9 @@ class TraceRecorder(LogitsProcessor):
         """
         n, width, _ = residuals.shape
         lens = self.lens
-        if self._workspace is None:
-            self._workspace = lens.lens.new_workspace(lens.max_logits)
+        workspace = self._workspaces.get(threading.get_ident())
+        if workspace is None:
+            workspace = self._workspaces[threading.get_ident()] = lens.lens.new_workspace(lens.max_logits)
         stats = lens.lens.token_statistics(
             residuals,
             top_k=lens.top_k,
@@ -578,7 +628,7 @@ class TraceRecorder(LogitsProcessor):
             head_logits=head,
             alphas=lens.renyi_alphas,
             max_logits=lens.max_logits,
-            workspace=self._workspace,
+            workspace=workspace,
             dtype=lens.lens_product,
             kl=lens._record_kl,
         )
@@ -601,6 +651,9 @@ class TraceRecorder(LogitsProcessor):
             )
         self._resolve_pending(state, sequences[:, -1])
         self.resolve_queued(state)
+        if state.worker is not None:
+            state.worker.drain()
+            state.worker = None
         return self.sequence_records(state)
 
     def sequence_records(self, state: CallState) -> list[SequenceRecord]:

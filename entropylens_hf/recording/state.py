@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,14 @@ class CallState:
     step_alive: list[torch.Tensor] = field(default_factory=list)  # per step: which rows were generating
     step_tokens: list[torch.Tensor] = field(default_factory=list)  # per step: the token chosen
     step_entropy: list[torch.Tensor] = field(default_factory=list)  # per step: entropy of the scores
-    blocks: list["HostBlock"] = field(default_factory=list)  # resolved rows, in order
+    blocks: list = field(default_factory=list)  # HostBlock (or a PendingBlock in the worker), in order
     pending: torch.Tensor | None = None  # [batch, L or L - 1, d] residuals awaiting their target
     pending_head: torch.Tensor | None = None  # [batch, V] the model's logits for the same position
     # Rows whose target is known, waiting to be resolved together in one block.
     queue: list[tuple[torch.Tensor, ...]] = field(default_factory=list)  # (owners, residuals, targets, alive, head)
     queued: int = 0
+    worker_threads: int = 0  # intra-op threads of a background worker for this call (0: none)
+    worker: Any = None  # the BlockWorker resolving this call's blocks while generate runs, if any
 
 
 class HostBlock:
