@@ -45,7 +45,8 @@ def _batch():
 
 
 @pytest.mark.parametrize("max_logits", [1 << 22, 4 * 128])  # one block per call; blocks of 4 rows, a backlog
-def test_background_resolution_gives_the_bits_of_a_recording_with_the_workers_thread_count(two_threads, resolved_in, max_logits):
+def test_background_resolution_gives_the_bits_of_a_recording_with_the_workers_thread_count(two_threads, resolved_in, max_logits,
+                                                                                          monkeypatch):
     model = tiny_model("llama")
     make = lambda background: EntropyLens(model, None, renyi_alphas=(0.5, 2), max_logits=max_logits, background=background)
     _, in_background = make(1).generate(**_batch(), **FIXED)
@@ -54,6 +55,7 @@ def test_background_resolution_gives_the_bits_of_a_recording_with_the_workers_th
     if max_logits < 1 << 20:
         assert len(names) == 2  # the caller resolved some blocks too: over the backlog limit, and at the end
     assert {count for _, count in resolved_in} == {1}  # every block with the worker's count, wherever it ran
+    monkeypatch.setattr(TraceRecorder, "_tapered", staticmethod(lambda state: True))  # the same blocks, no worker
     torch.set_num_threads(1)
     _, one_thread = make(False).generate(**_batch(), **FIXED)
     torch.set_num_threads(2)
@@ -64,6 +66,33 @@ def test_background_resolution_gives_the_bits_of_a_recording_with_the_workers_th
             np.testing.assert_array_equal(getattr(there, name), getattr(here, name), err_msg=name)
             # KL is a difference of sums near log V: its rounding is absolute, about 1e-6 nats
             np.testing.assert_allclose(getattr(there, name), getattr(other, name), rtol=1e-5, atol=5e-6, err_msg=name)
+
+
+@pytest.fixture
+def block_steps(monkeypatch):
+    """Per resolved block of generated rows: how many decoding steps it holds."""
+    seen = []
+    original = TraceRecorder.resolve_queued
+
+    def spy(self, state):
+        if state.queued:
+            seen.append(len(state.queue))  # one item per step
+        return original(self, state)
+
+    monkeypatch.setattr(TraceRecorder, "resolve_queued", spy)
+    return seen
+
+
+def test_with_a_worker_the_last_blocks_shrink_by_halves_so_the_caller_waits_for_one_step(two_threads, block_steps):
+    model = tiny_model("llama")
+    kwargs = dict(max_new_tokens=12, eos_token_id=None, pad_token_id=0, input_ids=torch.tensor([[3, 4, 5]]))
+    _, (tapered,) = EntropyLens(model, None, background=1).generate(**kwargs)
+    assert block_steps == [6, 3, 2, 1]  # 12 steps: resolved once the queue holds what may still come
+    block_steps.clear()
+    _, (whole,) = EntropyLens(model, None, background=False).generate(**kwargs)
+    assert block_steps == [12]  # without a worker, one product reads the unembedding once
+    np.testing.assert_allclose(tapered.entropy, whole.entropy, rtol=1e-5, atol=5e-6)
+    assert tapered.entropy.shape == (2 + 12, 3)
 
 
 class _ThreadsSeen(LogitsProcessor):

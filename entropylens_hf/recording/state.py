@@ -39,6 +39,7 @@ class CallState:
     queued: int = 0
     worker_threads: int = 0  # intra-op threads of a background worker for this call (0: none)
     worker: Any = None  # the BlockWorker resolving this call's blocks while generate runs, if any
+    max_steps: int = 0  # the most decoding steps this call can take (max_new_tokens)
 
 
 class HostBlock:
