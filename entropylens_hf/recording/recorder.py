@@ -339,8 +339,7 @@ class TraceRecorder(LogitsProcessor):
         self._attach(kwargs)
         self._stop = False
         if self.live_interval is not None and self.writer is not None:
-            self._live = LiveRecording(self, self.live_interval, max_new_tokens(model, kwargs, input_ids.shape[1]),
-                                       self.lens._token_bytes())
+            self._live = LiveRecording(self, self.live_interval, self._state.max_steps, self.lens._token_bytes())
         try:
             with self._resolving_in_background():
                 output = original(*args, **kwargs)
